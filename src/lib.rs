@@ -10,5 +10,115 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dispatch;
 pub mod event;
+pub mod ledger;
+pub mod metrics;
 pub mod source;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::Metrics;
+use crate::source::setup::{self, SetupError};
+
+/// Which parts a `walhook run` process runs. All three by default; several
+/// processes can share one database with any mix.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub capture: bool,
+    pub dispatch: bool,
+    pub admin: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            capture: true,
+            dispatch: true,
+            admin: true,
+        }
+    }
+}
+
+/// Why `run` could not start. Once started it never fails: it reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot reach the database within source.connect_timeout ({timeout:?}): {source}. Check that PostgreSQL is running and the URL (source.url / source.url_env) is right."
+    )]
+    Unreachable {
+        timeout: std::time::Duration,
+        #[source]
+        source: LedgerError,
+    },
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(
+        "the replication slot {0} does not exist: run `walhook setup` (or the SQL of `walhook setup --print-sql`)"
+    )]
+    NoSlot(String),
+    #[error("admin HTTP: {0}")]
+    Admin(String),
+}
+
+/// Pre-flight checks shared by `run` (fail fast with a clear message).
+pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
+    let client = ledger::connect_with_timeout(
+        &cfg.source.url,
+        "walhook",
+        cfg.source.connect_timeout,
+    )
+    .await
+    .map_err(|source| RunError::Unreachable {
+        timeout: cfg.source.connect_timeout,
+        source,
+    })?;
+    setup::check_wal_level(&client).await?;
+    Ledger::new(&cfg.ledger.schema)
+        .ensure_exists(&client)
+        .await?;
+    if setup::slot_plugin(&client, &cfg.source.slot).await?.is_none() {
+        return Err(RunError::NoSlot(cfg.source.slot.clone()));
+    }
+    Ok(())
+}
+
+/// Run capture, dispatch and admin (as `roles` says) until `shutdown` is
+/// cancelled, then stop gracefully.
+pub async fn run(
+    cfg: Arc<Config>,
+    roles: Roles,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    preflight(&cfg).await?;
+    let metrics = Arc::new(Metrics::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    if roles.capture {
+        tasks.spawn(source::capture::run(
+            cfg.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if roles.dispatch {
+        tasks.spawn(dispatch::deliver::run(
+            cfg.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let _ = roles.admin;
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "a walhook task panicked");
+            shutdown.cancel();
+        }
+    }
+    Ok(())
+}

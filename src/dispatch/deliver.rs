@@ -1,0 +1,426 @@
+//! The delivery loop: claim due deliveries from the ledger, send each as a
+//! signed POST, record the attempt and the next state. Several processes may
+//! run it against one ledger; leases keep them from sending one delivery twice
+//! at the same time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EndpointConfig, Ordering};
+use crate::dispatch::http::{self, AttemptRecord, Outcome};
+use crate::dispatch::retry::{self, Decision, Failure, FailureKind};
+use crate::dispatch::sign;
+use crate::ledger::queue::{AttemptRow, Claimed, NextState, system_time_to_unix_ms};
+use crate::ledger::{self, Ledger, LedgerError, NewEvent};
+use crate::metrics::Metrics;
+
+/// How long the loop sleeps at most when nothing is due and nothing woke it
+/// (a safety net: wake-ups come from NOTIFY and the in-process signal).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+}
+
+/// Runs dispatch until `shutdown`; reconnects to the ledger on errors.
+pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let client = match http::build_client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client; dispatch is off");
+            return;
+        }
+    };
+    let owner = format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        match Dispatcher::run(&cfg, &metrics, &client, &owner, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "dispatch interrupted; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "walhook".into())
+}
+
+struct Done {
+    claimed: Claimed,
+    record: AttemptRecord,
+    headers: Vec<(String, String)>,
+}
+
+struct Dispatcher<'a> {
+    cfg: &'a Config,
+    metrics: &'a Metrics,
+    http: &'a reqwest::Client,
+    owner: &'a str,
+    ledger: Ledger,
+    db: Client,
+    endpoints: HashMap<String, EndpointConfig>,
+    endpoint_ids: Vec<String>,
+}
+
+impl<'a> Dispatcher<'a> {
+    async fn run(
+        cfg: &'a Config,
+        metrics: &'a Metrics,
+        http: &'a reqwest::Client,
+        owner: &'a str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DispatchError> {
+        let db = ledger::connect(&cfg.source.url, "walhook dispatch").await?;
+        let ledger = Ledger::new(&cfg.ledger.schema);
+        let endpoint_ids: Vec<String> = cfg.endpoints.iter().map(|e| e.id.clone()).collect();
+        ledger.register_endpoints(&db, &endpoint_ids).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listener = listen(cfg, wake.clone()).await?;
+        let mut d = Dispatcher {
+            cfg,
+            metrics,
+            http,
+            owner,
+            ledger,
+            db,
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|e| (e.id.clone(), e.clone()))
+                .collect(),
+            endpoint_ids,
+        };
+        let result = d.run_loop(&wake, shutdown).await;
+        listener.abort();
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        wake: &tokio::sync::Notify,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DispatchError> {
+        let max = self.cfg.delivery.max_in_flight;
+        let per_record = self.cfg.delivery.ordering == Ordering::PerRecord;
+        let mut inflight: JoinSet<Done> = JoinSet::new();
+        let mut done: Vec<Done> = Vec::new();
+        loop {
+            if shutdown.is_cancelled() {
+                // Graceful stop: no new attempts; those in flight finish
+                // within their own timeout and are recorded.
+                while let Some(r) = inflight.join_next().await {
+                    if let Ok(d) = r {
+                        done.push(d);
+                    }
+                }
+                self.record(&mut done).await?;
+                return Ok(());
+            }
+            let free = max.saturating_sub(inflight.len());
+            let mut claimed_any = false;
+            if free > 0 {
+                let claimed = self
+                    .ledger
+                    .claim(
+                        &self.db,
+                        self.owner,
+                        &self.endpoint_ids,
+                        free as i64,
+                        self.cfg.delivery.lease,
+                        per_record,
+                    )
+                    .await?;
+                claimed_any = !claimed.is_empty();
+                for c in claimed {
+                    self.spawn(&mut inflight, c);
+                }
+            }
+            // Collect whatever has finished, then record it in one transaction.
+            while let Some(r) = inflight.try_join_next() {
+                if let Ok(d) = r {
+                    done.push(d);
+                }
+            }
+            if !done.is_empty() {
+                self.record(&mut done).await?;
+                continue;
+            }
+            if claimed_any && inflight.len() < max {
+                continue;
+            }
+            let idle = if inflight.is_empty() {
+                self.idle_wait().await?
+            } else {
+                IDLE_POLL
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Some(Ok(d)) = r { done.push(d); }
+                }
+                _ = wake.notified() => {}
+                _ = self.metrics.new_deliveries() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// How long to sleep when nothing is in flight: until the next retry is
+    /// due, at most `IDLE_POLL`.
+    async fn idle_wait(&self) -> Result<Duration, DispatchError> {
+        Ok(match self.ledger.next_due(&self.db).await? {
+            Some(t) => t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::from_millis(10))
+                .clamp(Duration::from_millis(10), IDLE_POLL),
+            None => IDLE_POLL,
+        })
+    }
+
+    fn spawn(&self, set: &mut JoinSet<Done>, claimed: Claimed) {
+        let Some(ep) = self.endpoints.get(&claimed.endpoint_id).cloned() else {
+            return;
+        };
+        let prefix = self.cfg.delivery.header_prefix.clone();
+        let http = self.http.clone();
+        set.spawn(async move {
+            let body = Bytes::from(claimed.body.clone());
+            let now = system_time_to_unix_ms(SystemTime::now()) / 1000;
+            let headers = match sign::signed_headers(
+                &ep,
+                &prefix,
+                &claimed.event_id,
+                &claimed.event_name,
+                &body,
+                now,
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    let record = AttemptRecord::failed_before_send(format!("signing: {e}"));
+                    return Done {
+                        claimed,
+                        record,
+                        headers: Vec::new(),
+                    };
+                }
+            };
+            let record = http::attempt(&http, &ep.url, &headers, body, ep.timeout).await;
+            Done {
+                claimed,
+                record,
+                headers,
+            }
+        });
+    }
+
+    async fn record(&mut self, done: &mut Vec<Done>) -> Result<(), DispatchError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let now_ms = system_time_to_unix_ms(SystemTime::now());
+        let mut rows = Vec::with_capacity(done.len());
+        let mut ok_eps: Vec<String> = Vec::new();
+        let mut failed_eps: Vec<String> = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        for d in done.iter() {
+            let ep = &d.claimed.endpoint_id;
+            let outcome = &d.record.outcome;
+            let next = if outcome.is_success() {
+                if !ok_eps.contains(ep) {
+                    ok_eps.push(ep.clone());
+                }
+                NextState::Succeeded
+            } else {
+                if !failed_eps.contains(ep) {
+                    failed_eps.push(ep.clone());
+                }
+                if matches!(outcome, Outcome::Status(410)) && !gone.contains(ep) {
+                    gone.push(ep.clone());
+                }
+                let failure = Failure {
+                    retry_after: d.record.retry_after,
+                    kind: match outcome {
+                        Outcome::Status(c) => FailureKind::Status(*c),
+                        Outcome::Timeout => FailureKind::Timeout,
+                        Outcome::Connect(_) => FailureKind::Connect,
+                        _ => FailureKind::Other,
+                    },
+                };
+                match retry::after_failure(
+                    &self.cfg.delivery.retry,
+                    d.claimed.cycle_started_unix_ms,
+                    (d.claimed.cycle_attempts + 1) as u32,
+                    now_ms,
+                    &failure,
+                    rand::random::<f64>(),
+                ) {
+                    Decision::RetryAt(at) => NextState::RetryAt(at),
+                    Decision::Disable => NextState::Disabled,
+                }
+            };
+            let outcome_label = match next {
+                NextState::Succeeded => "success",
+                NextState::RetryAt(_) => "failure",
+                NextState::Disabled => "disabled",
+            };
+            self.metrics.delivery_outcome(ep, outcome_label);
+            self.metrics
+                .observe_attempt_seconds(d.record.duration.as_secs_f64());
+            let headers: serde_json::Map<String, serde_json::Value> = d
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            rows.push(AttemptRow {
+                delivery_id: d.claimed.delivery_id,
+                endpoint_id: ep.clone(),
+                started_unix_ms: d.record.started_at_unix_ms,
+                duration_ms: d.record.duration.as_millis().min(i32::MAX as u128) as i32,
+                status_code: outcome.status_code().map(i32::from),
+                error_kind: (!outcome.is_success()).then(|| outcome.error_kind().to_string()),
+                error: outcome.error_message(),
+                response_excerpt: d.record.response_excerpt.clone(),
+                request_headers: serde_json::Value::Object(headers).to_string(),
+                next,
+            });
+            if matches!(next, NextState::Disabled) {
+                tracing::warn!(delivery = d.claimed.delivery_id, endpoint = %ep, event = %d.claimed.event_id,
+                    "delivery disabled after its retry window; retry it with `walhook deliveries retry`");
+            }
+        }
+        done.clear();
+        self.ledger.record(&mut self.db, self.owner, &rows).await?;
+        for ep in &gone {
+            if self
+                .ledger
+                .set_endpoint_enabled(&self.db, ep, false, Some("the endpoint answered 410 Gone"))
+                .await?
+            {
+                tracing::warn!(endpoint = %ep, "endpoint answered 410 Gone: disabled; enable it again with `walhook endpoints enable`");
+                self.notify_disabled(ep, "410 Gone").await?;
+            }
+        }
+        let disabled = self
+            .ledger
+            .endpoint_health(
+                &self.db,
+                &ok_eps,
+                &failed_eps,
+                self.cfg.delivery.endpoint_disable_after,
+            )
+            .await?;
+        for ep in disabled {
+            tracing::warn!(endpoint = %ep, "endpoint failed continuously for endpoint_disable_after: disabled");
+            self.notify_disabled(&ep, "failing continuously").await?;
+        }
+        Ok(())
+    }
+
+    /// Send an `endpoint.disabled` event to the notification endpoint, if one
+    /// is configured (and is not the endpoint that was disabled).
+    async fn notify_disabled(&mut self, endpoint: &str, reason: &str) -> Result<(), DispatchError> {
+        let Some(target) = self.cfg.delivery.notify_endpoint.clone() else {
+            return Ok(());
+        };
+        if target == endpoint {
+            return Ok(());
+        }
+        let now_micros = system_time_to_unix_ms(SystemTime::now()) * 1000;
+        let body = serde_json::json!({
+            "before": {},
+            "after": {"endpoint": endpoint, "reason": reason, "enabled": false},
+            "diff": {"enabled": false},
+        })
+        .to_string();
+        let id = format!(
+            "{}:endpoint:{}:{}:endpoint.disabled:{}",
+            self.cfg.source.name,
+            now_micros / 1000,
+            endpoint,
+            crate::event::id::random_suffix()
+        );
+        let ev = NewEvent {
+            event: crate::event::Event {
+                id,
+                name: "endpoint.disabled".into(),
+                slug: "endpoint".into(),
+                verb: crate::event::Verb::Update,
+                record_key: endpoint.to_string(),
+                body,
+            },
+            commit_lsn: 0,
+            change_index: 0,
+            commit_time_unix_micros: now_micros,
+            endpoints: vec![target],
+        };
+        self.ledger.append(&mut self.db, &[ev], None).await?;
+        Ok(())
+    }
+}
+
+/// LISTEN on the ledger's channel so deliveries committed by another
+/// process (or a manual retry) wake this dispatcher at once.
+async fn listen(
+    cfg: &Config,
+    wake: Arc<tokio::sync::Notify>,
+) -> Result<tokio::task::JoinHandle<()>, DispatchError> {
+    let pg: tokio_postgres::Config = cfg
+        .source
+        .url
+        .expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
+    let (client, mut conn) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| LedgerError::Connect {
+                target: ledger::describe_target(&cfg.source.url),
+                source,
+            })?;
+    let channel = ledger::notify_channel(&cfg.ledger.schema);
+    Ok(tokio::spawn(async move {
+        let driver = async {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        };
+        let subscribe = async {
+            let _ = client
+                .batch_execute(&format!("LISTEN {}", crate::config::quote_ident(&channel)))
+                .await;
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = driver => {}
+            _ = subscribe => {}
+        }
+    }))
+}

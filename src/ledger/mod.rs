@@ -1,0 +1,313 @@
+//! The ledger: walhook's durable state in Postgres. Events, the deliveries
+//! they fan out to, every attempt, and the replication progress live here; the
+//! deliveries table is also the dispatch queue.
+//!
+//! Promise: `append` writes a batch of events, their deliveries and (at a
+//! transaction boundary) the new replication position in ONE database
+//! transaction. Events are keyed by their deterministic id, so replaying the
+//! same WAL inserts nothing twice.
+
+pub mod queue;
+pub mod schema;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{Secret, quote_ident};
+use crate::event::Event;
+
+/// Errors at the ledger boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot connect to the database ({target}): {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the database URL is not valid: {0}")]
+    Url(String),
+    #[error("the ledger schema {schema} does not exist: run `walhook setup` first")]
+    NotSetUp { schema: String },
+    #[error("ledger query failed: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl LedgerError {
+    /// The SQLSTATE when the error came from the server.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            LedgerError::Db(e) | LedgerError::Connect { source: e, .. } => {
+                e.code().map(|c| c.code())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A connection target with the password hidden, for messages.
+pub fn describe_target(url: &Secret) -> String {
+    match url.expose().parse::<tokio_postgres::Config>() {
+        Ok(cfg) => {
+            let host = cfg
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = cfg.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "{}@{}:{}/{}",
+                cfg.get_user().unwrap_or("?"),
+                host,
+                port,
+                cfg.get_dbname().unwrap_or("?")
+            )
+        }
+        Err(_) => "<unparseable database URL>".into(),
+    }
+}
+
+/// Open a plain connection (the connection future runs on its own task).
+pub async fn connect(url: &Secret, application_name: &str) -> Result<Client, LedgerError> {
+    let mut cfg: tokio_postgres::Config = url
+        .expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
+    cfg.application_name(application_name);
+    cfg.connect_timeout(Duration::from_secs(10));
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|source| LedgerError::Connect {
+            target: describe_target(url),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Keep trying to connect until `timeout` has passed (start-up of every command).
+pub async fn connect_with_timeout(
+    url: &Secret,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Client, LedgerError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(url, application_name).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                // A bad URL or a refused login will not fix itself by waiting.
+                let permanent = matches!(e, LedgerError::Url(_))
+                    || matches!(e.sqlstate(), Some("28P01" | "28000" | "3D000"));
+                if permanent || tokio::time::Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One event ready to be written, with the endpoints it fans out to.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    pub commit_lsn: u64,
+    pub change_index: u32,
+    pub commit_time_unix_micros: i64,
+    /// Endpoint ids subscribed to this event.
+    pub endpoints: Vec<String>,
+}
+
+/// How many rows one `append` wrote (replays write 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub events: u64,
+    pub deliveries: u64,
+}
+
+pub fn unix_micros_to_system_time(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+/// The ledger's SQL, bound to one schema; statements are built once.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    schema: String,
+    append_sql: String,
+    progress_sql: String,
+}
+
+impl Ledger {
+    pub fn new(schema: &str) -> Ledger {
+        let s = quote_ident(schema);
+        let append_sql = format!(
+            "WITH ev AS (
+               INSERT INTO {s}.events
+                 (event_id, name, slug, record_key, commit_lsn, change_index, commit_time, body)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                    $5::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
+               ON CONFLICT (event_id) DO NOTHING
+               RETURNING seq, event_id, slug, record_key, commit_time
+             ), dl AS (
+               INSERT INTO {s}.deliveries (event_seq, endpoint_id, record, cycle_started_at)
+               SELECT ev.seq, d.endpoint_id, ev.slug || ':' || ev.record_key, ev.commit_time
+               FROM ev JOIN unnest($9::text[], $10::text[]) AS d(event_id, endpoint_id)
+                 USING (event_id)
+               RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM ev), (SELECT count(*) FROM dl)"
+        );
+        let progress_sql = format!(
+            "INSERT INTO {s}.progress (slot, lsn) VALUES ($1, $2)
+             ON CONFLICT (slot) DO UPDATE
+               SET lsn = GREATEST({s}.progress.lsn, EXCLUDED.lsn), updated_at = now()"
+        );
+        Ledger {
+            schema: schema.to_string(),
+            append_sql,
+            progress_sql,
+        }
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The quoted schema, for building queries elsewhere in the crate.
+    pub fn q(&self) -> String {
+        quote_ident(&self.schema)
+    }
+
+    /// Fails with `NotSetUp` when `walhook setup` has not created the schema.
+    pub async fn ensure_exists(&self, client: &Client) -> Result<(), LedgerError> {
+        let row = client
+            .query_one(
+                "SELECT to_regclass(format('%I.events', $1::text)) IS NOT NULL",
+                &[&self.schema],
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            Ok(())
+        } else {
+            Err(LedgerError::NotSetUp {
+                schema: self.schema.clone(),
+            })
+        }
+    }
+
+    /// Write events (with their deliveries) and, when `progress` is given, the
+    /// replication position of the last complete transaction, atomically.
+    /// `notify` wakes dispatchers in other processes when anything was written.
+    pub async fn append(
+        &self,
+        client: &mut Client,
+        events: &[NewEvent],
+        progress: Option<(&str, u64)>,
+    ) -> Result<Appended, LedgerError> {
+        let tx = client.transaction().await?;
+        let mut out = Appended::default();
+        if !events.is_empty() {
+            let n = events.len();
+            let (mut ids, mut names, mut slugs, mut keys) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut lsns, mut idxs, mut times, mut bodies) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut d_ev, mut d_ep) = (Vec::new(), Vec::new());
+            for e in events {
+                ids.push(e.event.id.as_str());
+                names.push(e.event.name.as_str());
+                slugs.push(e.event.slug.as_str());
+                keys.push(e.event.record_key.as_str());
+                lsns.push(PgLsn::from(e.commit_lsn));
+                idxs.push(e.change_index as i32);
+                times.push(unix_micros_to_system_time(e.commit_time_unix_micros));
+                bodies.push(e.event.body.as_str());
+                for ep in &e.endpoints {
+                    d_ev.push(e.event.id.as_str());
+                    d_ep.push(ep.as_str());
+                }
+            }
+            let row = tx
+                .query_one(
+                    &self.append_sql,
+                    &[
+                        &ids, &names, &slugs, &keys, &lsns, &idxs, &times, &bodies, &d_ev, &d_ep,
+                    ],
+                )
+                .await?;
+            out.events = row.get::<_, i64>(0) as u64;
+            out.deliveries = row.get::<_, i64>(1) as u64;
+            if out.deliveries > 0 {
+                tx.execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&notify_channel(&self.schema)],
+                )
+                .await?;
+            }
+        }
+        if let Some((slot, lsn)) = progress {
+            tx.execute(&self.progress_sql, &[&slot, &PgLsn::from(lsn)])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The last position whose events the ledger holds, if any.
+    pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<u64>, LedgerError> {
+        let s = self.q();
+        let row = client
+            .query_opt(
+                &format!("SELECT lsn FROM {s}.progress WHERE slot = $1"),
+                &[&slot],
+            )
+            .await?;
+        Ok(row.map(|r| u64::from(r.get::<_, PgLsn>(0))))
+    }
+
+    /// Count a TRUNCATE of a mapped table (TRUNCATE emits no row events).
+    pub async fn count_truncate(&self, client: &Client, n: i64) -> Result<(), LedgerError> {
+        let s = self.q();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.counters (name, value) VALUES ('truncates', $1)
+                     ON CONFLICT (name) DO UPDATE SET value = {s}.counters.value + EXCLUDED.value"
+                ),
+                &[&n],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The LISTEN/NOTIFY channel that wakes dispatchers when deliveries are added.
+pub fn notify_channel(schema: &str) -> String {
+    format!("{schema}_deliveries")
+}

@@ -1,0 +1,399 @@
+//! The deliveries table as a work queue. Due deliveries are claimed with
+//! `FOR UPDATE SKIP LOCKED` and a lease, so several processes dispatch
+//! together without sending one delivery twice at the same time, and a
+//! crashed process's work comes back when its lease ends. Results are written
+//! only while the lease is still ours.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::Client;
+
+use super::{Ledger, LedgerError};
+
+/// A delivery leased to this process, with what is needed to send it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_name: String,
+    pub body: String,
+    pub attempts: i32,
+    pub cycle_attempts: i32,
+    pub cycle_started_unix_ms: i64,
+}
+
+/// The new state of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextState {
+    Succeeded,
+    RetryAt(i64),
+    Disabled,
+}
+
+/// One finished attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub delivery_id: i64,
+    pub endpoint_id: String,
+    pub started_unix_ms: i64,
+    pub duration_ms: i32,
+    pub status_code: Option<i32>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    /// JSON object of the request headers.
+    pub request_headers: String,
+    pub next: NextState,
+}
+
+pub fn system_time_to_unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+pub fn unix_ms_to_system_time(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+impl Ledger {
+    /// Make sure every configured endpoint has a state row.
+    pub async fn register_endpoints(
+        &self,
+        client: &Client,
+        ids: &[String],
+    ) -> Result<(), LedgerError> {
+        let s = self.q();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.endpoints (id) SELECT unnest($1::text[]) ON CONFLICT (id) DO NOTHING"
+                ),
+                &[&ids],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Lease up to `limit` due deliveries of the given (configured, enabled)
+    /// endpoints. With `per_record`, a delivery is due only when no earlier
+    /// event of the same record for the same endpoint is still open.
+    pub async fn claim(
+        &self,
+        client: &Client,
+        owner: &str,
+        endpoints: &[String],
+        limit: i64,
+        lease: Duration,
+        per_record: bool,
+    ) -> Result<Vec<Claimed>, LedgerError> {
+        let s = self.q();
+        let order_clause = if per_record {
+            format!(
+                "AND NOT EXISTS (SELECT 1 FROM {s}.deliveries p
+                    WHERE p.endpoint_id = d.endpoint_id AND p.record = d.record
+                      AND p.status IN ('pending', 'retrying') AND p.event_seq < d.event_seq)"
+            )
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "WITH cand AS (
+               SELECT d.id FROM {s}.deliveries d
+               WHERE d.status IN ('pending', 'retrying')
+                 AND d.next_attempt_at <= now()
+                 AND (d.lease_until IS NULL OR d.lease_until < now())
+                 AND d.endpoint_id = ANY($3)
+                 AND d.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
+                 {order_clause}
+               ORDER BY d.next_attempt_at, d.id
+               LIMIT $1
+               FOR UPDATE OF d SKIP LOCKED
+             )
+             UPDATE {s}.deliveries d
+                SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
+               FROM cand, {s}.events e
+              WHERE d.id = cand.id AND e.seq = d.event_seq
+             RETURNING d.id, d.endpoint_id, e.event_id, e.name, e.body, d.attempts,
+                       d.cycle_attempts, d.cycle_started_at"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[&limit, &owner, &endpoints, &lease.as_secs_f64()],
+            )
+            .await?;
+        let mut out: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                delivery_id: r.get(0),
+                endpoint_id: r.get(1),
+                event_id: r.get(2),
+                event_name: r.get(3),
+                body: r.get(4),
+                attempts: r.get(5),
+                cycle_attempts: r.get(6),
+                cycle_started_unix_ms: system_time_to_unix_ms(r.get(7)),
+            })
+            .collect();
+        out.sort_by_key(|c| c.delivery_id);
+        Ok(out)
+    }
+
+    /// When the next open delivery becomes due (for the idle sleep).
+    pub async fn next_due(&self, client: &Client) -> Result<Option<SystemTime>, LedgerError> {
+        let s = self.q();
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT min(next_attempt_at) FROM {s}.deliveries WHERE status IN ('pending', 'retrying')"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Record finished attempts and move their deliveries on, in one
+    /// transaction. Rows whose lease is no longer ours are skipped (another
+    /// process took the delivery over after our lease ran out).
+    pub async fn record(
+        &self,
+        client: &mut Client,
+        owner: &str,
+        rows: &[AttemptRow],
+    ) -> Result<u64, LedgerError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let s = self.q();
+        let n = rows.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut status = Vec::with_capacity(n);
+        let mut next_at: Vec<Option<SystemTime>> = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        let mut excerpts = Vec::with_capacity(n);
+        let mut headers = Vec::with_capacity(n);
+        for r in rows {
+            ids.push(r.delivery_id);
+            let (st, at) = match r.next {
+                NextState::Succeeded => ("succeeded", None),
+                NextState::RetryAt(ms) => ("retrying", Some(unix_ms_to_system_time(ms))),
+                NextState::Disabled => ("disabled", None),
+            };
+            status.push(st);
+            next_at.push(at);
+            codes.push(r.status_code);
+            kinds.push(r.error_kind.as_deref());
+            errors.push(r.error.as_deref());
+            started.push(unix_ms_to_system_time(r.started_unix_ms));
+            durations.push(r.duration_ms);
+            excerpts.push(r.response_excerpt.as_deref());
+            headers.push(r.request_headers.as_str());
+        }
+        let tx = client.transaction().await?;
+        let updated = tx
+            .query(
+                &format!(
+                    "WITH r AS (
+                       SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[], $5::text[])
+                         AS r(id, status, next_at, code, err)
+                     )
+                     UPDATE {s}.deliveries d
+                        SET status = r.status,
+                            next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
+                            attempts = d.attempts + 1,
+                            cycle_attempts = d.cycle_attempts + 1,
+                            lease_owner = NULL, lease_until = NULL,
+                            last_status_code = r.code, last_error = r.err,
+                            updated_at = now()
+                       FROM r
+                      WHERE d.id = r.id AND d.lease_owner = $6
+                     RETURNING d.id"
+                ),
+                &[&ids, &status, &next_at, &codes, &errors, &owner],
+            )
+            .await?;
+        let kept: Vec<i64> = updated.iter().map(|r| r.get(0)).collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.attempts
+                   (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt, request_headers)
+                 SELECT a.id, a.started, a.dur, a.code, a.kind, a.err, a.excerpt, a.headers::jsonb
+                 FROM unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[])
+                   AS a(id, started, dur, code, kind, err, excerpt, headers)
+                 WHERE a.id = ANY($9)"
+            ),
+            &[
+                &ids, &started, &durations, &codes, &kinds, &errors, &excerpts, &headers, &kept,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(kept.len() as u64)
+    }
+
+    /// Give leases back without an attempt (graceful stop).
+    pub async fn release(&self, client: &Client, owner: &str, ids: &[i64]) -> Result<(), LedgerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let s = self.q();
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.deliveries SET lease_owner = NULL, lease_until = NULL
+                     WHERE id = ANY($1) AND lease_owner = $2"
+                ),
+                &[&ids, &owner],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Put one delivery back in the queue, starting a fresh retry cycle now.
+    /// Returns false when no such delivery exists.
+    pub async fn retry_delivery(&self, client: &Client, id: i64) -> Result<bool, LedgerError> {
+        let s = self.q();
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {s}.deliveries
+                        SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'retrying' END,
+                            next_attempt_at = now(), cycle_started_at = now(), cycle_attempts = 0,
+                            lease_owner = NULL, lease_until = NULL, updated_at = now()
+                      WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .await?;
+        if n > 0 {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .await?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Re-queue every `retrying` and `disabled` delivery (of one endpoint, if
+    /// given) with a fresh cycle. Returns how many.
+    pub async fn retry_all_failed(
+        &self,
+        client: &Client,
+        endpoint: Option<&str>,
+    ) -> Result<u64, LedgerError> {
+        let s = self.q();
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {s}.deliveries
+                        SET status = 'retrying', next_attempt_at = now(), cycle_started_at = now(),
+                            cycle_attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = now()
+                      WHERE status IN ('retrying', 'disabled')
+                        AND ($1::text IS NULL OR endpoint_id = $1)"
+                ),
+                &[&endpoint],
+            )
+            .await?;
+        if n > 0 {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Enable or disable an endpoint as a whole. Returns false if unknown.
+    pub async fn set_endpoint_enabled(
+        &self,
+        client: &Client,
+        id: &str,
+        enabled: bool,
+        reason: Option<&str>,
+    ) -> Result<bool, LedgerError> {
+        let s = self.q();
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {s}.endpoints
+                        SET enabled = $2,
+                            disabled_at = CASE WHEN $2 THEN NULL ELSE now() END,
+                            disabled_reason = CASE WHEN $2 THEN NULL ELSE $3 END,
+                            failing_since = CASE WHEN $2 THEN NULL ELSE failing_since END,
+                            updated_at = now()
+                      WHERE id = $1"
+                ),
+                &[&id, &enabled, &reason],
+            )
+            .await?;
+        if n > 0 && enabled {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .await?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Track continuous failure of endpoints: `failed` ones start (or keep)
+    /// their failing clock, `succeeded` ones reset it. Returns the endpoints
+    /// that have now failed for at least `disable_after` and were disabled.
+    pub async fn endpoint_health(
+        &self,
+        client: &Client,
+        succeeded: &[String],
+        failed: &[String],
+        disable_after: Option<Duration>,
+    ) -> Result<Vec<String>, LedgerError> {
+        let s = self.q();
+        if !succeeded.is_empty() {
+            client
+                .execute(
+                    &format!(
+                        "UPDATE {s}.endpoints SET failing_since = NULL
+                         WHERE id = ANY($1) AND failing_since IS NOT NULL"
+                    ),
+                    &[&succeeded],
+                )
+                .await?;
+        }
+        if failed.is_empty() {
+            return Ok(Vec::new());
+        }
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.endpoints SET failing_since = now()
+                     WHERE id = ANY($1) AND failing_since IS NULL"
+                ),
+                &[&failed],
+            )
+            .await?;
+        let Some(after) = disable_after else {
+            return Ok(Vec::new());
+        };
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE {s}.endpoints
+                        SET enabled = false, disabled_at = now(), updated_at = now(),
+                            disabled_reason = 'failing continuously since ' || failing_since
+                      WHERE id = ANY($1) AND enabled
+                        AND failing_since <= now() - make_interval(secs => $2)
+                     RETURNING id"
+                ),
+                &[&failed, &after.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

@@ -1,0 +1,115 @@
+//! The ledger's DDL. Every statement is idempotent (`IF NOT EXISTS`), so
+//! `walhook setup` can run it on every start-up of a new version; the same
+//! text, for the default schema, is in `sql/01-ledger.sql` for a DBA.
+
+use crate::config::quote_ident;
+
+/// The DDL for a ledger in `schema`.
+pub fn ddl(schema: &str) -> Vec<String> {
+    let s = quote_ident(schema);
+    vec![
+        format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+        // One row per captured change; `event_id` is deterministic, so a replay
+        // after a crash conflicts instead of inserting twice.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.events (
+    seq          bigserial PRIMARY KEY,
+    event_id     text NOT NULL UNIQUE,
+    name         text NOT NULL,
+    slug         text NOT NULL,
+    record_key   text NOT NULL,
+    commit_lsn   pg_lsn NOT NULL,
+    change_index integer NOT NULL,
+    commit_time  timestamptz NOT NULL,
+    body         text NOT NULL,
+    captured_at  timestamptz NOT NULL DEFAULT now()
+)"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS events_name ON {s}.events (name)"),
+        // Replication position whose events are all in the ledger.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.progress (
+    slot       text PRIMARY KEY,
+    lsn        pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.counters (
+    name  text PRIMARY KEY,
+    value bigint NOT NULL
+)"
+        ),
+        // Endpoint state that outlives a process (manual or automatic disable).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.endpoints (
+    id              text PRIMARY KEY,
+    enabled         boolean NOT NULL DEFAULT true,
+    disabled_at     timestamptz,
+    disabled_reason text,
+    failing_since   timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+)"
+        ),
+        // The queue: one row per (event, endpoint).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.deliveries (
+    id               bigserial PRIMARY KEY,
+    event_seq        bigint NOT NULL REFERENCES {s}.events (seq) ON DELETE CASCADE,
+    endpoint_id      text NOT NULL,
+    record           text NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'retrying', 'succeeded', 'disabled')),
+    attempts         integer NOT NULL DEFAULT 0,
+    cycle_attempts   integer NOT NULL DEFAULT 0,
+    cycle_started_at timestamptz NOT NULL,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    lease_owner      text,
+    lease_until      timestamptz,
+    last_status_code integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (event_seq, endpoint_id)
+)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS deliveries_due ON {s}.deliveries (next_attempt_at, id)
+    WHERE status IN ('pending', 'retrying')"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS deliveries_record ON {s}.deliveries (endpoint_id, record, event_seq)
+    WHERE status IN ('pending', 'retrying')"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS deliveries_status ON {s}.deliveries (status, endpoint_id)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {s}.attempts (
+    id               bigserial PRIMARY KEY,
+    delivery_id      bigint NOT NULL REFERENCES {s}.deliveries (id) ON DELETE CASCADE,
+    started_at       timestamptz NOT NULL,
+    duration_ms      integer NOT NULL,
+    status_code      integer,
+    error_kind       text,
+    error            text,
+    response_excerpt text,
+    request_headers  jsonb NOT NULL
+)"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS attempts_delivery ON {s}.attempts (delivery_id)"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_is_idempotent_and_schema_qualified() {
+        for stmt in ddl("wh") {
+            assert!(stmt.contains("IF NOT EXISTS"), "{stmt}");
+            assert!(stmt.contains("\"wh\""), "{stmt}");
+        }
+    }
+}

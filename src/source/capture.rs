@@ -1,0 +1,498 @@
+//! The capture loop: reads the slot, maps changes to events and writes them to
+//! the ledger. The slot is acknowledged only up to the end of a transaction
+//! whose events the ledger has committed, so a crash at any moment replays
+//! from there and the deterministic ids turn the replay into no-ops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ObjectConfig, Secret};
+use crate::event::{ChangeContext, EventError, RowChange, TableMap, map_change};
+use crate::ledger::{self, Appended, Ledger, LedgerError, NewEvent};
+use crate::metrics::Metrics;
+use crate::source::pgoutput::{self, DecodeError, Message, Relation};
+
+/// Session settings for the walsender, so the text of every value has one
+/// known format whatever the database's own settings are.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex";
+
+/// Events written per ledger transaction at most; also bounds memory for
+/// transactions of any size (they are written in chunks of this many).
+pub const MAX_BATCH: usize = 2000;
+
+/// How long complete transactions may wait to be batched with later ones.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("replication stream: {0}")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("catalog lookup: {0}")]
+    Catalog(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error("the database URL is not valid: {0}")]
+    Url(String),
+    #[error("change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("replication stream ended")]
+    Ended,
+}
+
+impl CaptureError {
+    /// Another process holds the slot: we are the standby.
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(self, CaptureError::Replication(e) if e.to_string().contains("55006"))
+    }
+
+    /// What the operator should do about it, when waiting will not help.
+    pub fn hint(&self) -> Option<&'static str> {
+        let text = self.to_string();
+        if text.contains("42704") || text.contains("does not exist") {
+            Some("the replication slot or publication is missing: run `walhook setup`")
+        } else if text.contains("28P01") || text.contains("28000") {
+            Some("authentication failed: check the database URL and the role's password")
+        } else if text.contains("42501") {
+            Some("permission denied: the role needs the REPLICATION attribute (see sql/00-role.sql)")
+        } else {
+            None
+        }
+    }
+}
+
+/// Build the replication connection settings from the database URL.
+pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfig, CaptureError> {
+    let pg: tokio_postgres::Config = url
+        .expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| CaptureError::Url(e.to_string()))?;
+    let user = pg.get_user().unwrap_or("postgres").to_string();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let dbname = pg.get_dbname().unwrap_or(&user).to_string();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    // Names inside publication_names are split like identifiers: quote ours so
+    // that a mixed-case name is not folded to lower case.
+    let publication = format!("\"{}\"", cfg.source.publication.replace('"', "\"\""));
+    let mut rc = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.join(format!(".s.PGSQL.{port}")),
+            user,
+            password,
+            dbname,
+            cfg.source.slot.clone(),
+            publication,
+        ),
+        Some(tokio_postgres::config::Host::Tcp(host)) => ReplicationConfig::new(
+            host.clone(),
+            user,
+            password,
+            dbname,
+            cfg.source.slot.clone(),
+            publication,
+        )
+        .with_port(port),
+        None => ReplicationConfig::new(
+            "localhost",
+            user,
+            password,
+            dbname,
+            cfg.source.slot.clone(),
+            publication,
+        )
+        .with_port(port),
+    };
+    let tls = match pg.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
+        _ => TlsConfig::disabled(),
+    };
+    rc = rc
+        .with_tls(tls)
+        // The slot's confirmed position is the source of truth: start there.
+        .with_start_lsn(Lsn::ZERO)
+        .with_status_interval(cfg.source.status_interval)
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_options(SESSION_OPTIONS)
+        .with_application_name(format!("walhook capture {}", cfg.source.name));
+    Ok(rc)
+}
+
+/// Runs capture until `shutdown`: one session after another, with backoff, for ever.
+pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    let mut standing_by = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let result = Session::run(&cfg, &metrics, &shutdown).await;
+        metrics.set_streaming(false);
+        match result {
+            Ok(()) => return,
+            Err(e) if e.is_slot_in_use() => {
+                if !standing_by {
+                    tracing::info!(
+                        slot = %cfg.source.slot,
+                        "the replication slot is in use by another walhook process; standing by to take over"
+                    );
+                    standing_by = true;
+                }
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                standing_by = false;
+                match e.hint() {
+                    Some(hint) => tracing::error!(error = %e, hint, "capture stopped; retrying"),
+                    None => tracing::warn!(error = %e, retry_in = ?backoff, "capture session ended; reconnecting"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        if !standing_by {
+            backoff = (backoff * 2).min(Duration::from_secs(15));
+        }
+    }
+}
+
+enum RelState {
+    Mapped(Box<TableMap>),
+    Unmapped,
+}
+
+struct OpenTxn {
+    commit_lsn: u64,
+    commit_time_unix_micros: i64,
+    change_index: u32,
+}
+
+/// One replication session: one connection to the slot, one to the ledger.
+struct Session<'a> {
+    cfg: &'a Config,
+    metrics: &'a Metrics,
+    ledger: Ledger,
+    db: Client,
+    relations: HashMap<u32, RelState>,
+    type_names: HashMap<u32, String>,
+    txn: Option<OpenTxn>,
+    pending: Vec<NewEvent>,
+    /// End LSN of the last complete transaction whose events are in `pending`.
+    pending_commit_end: Option<u64>,
+    acked: u64,
+}
+
+impl<'a> Session<'a> {
+    async fn run(
+        cfg: &'a Config,
+        metrics: &'a Metrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let db = ledger::connect(&cfg.source.url, "walhook capture").await?;
+        let ledger = Ledger::new(&cfg.ledger.schema);
+        let mut client = ReplicationClient::connect(replication_config(&cfg.source.url, cfg)?).await?;
+        client.wait_started().await?;
+        tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
+        metrics.set_streaming(true);
+        let mut s = Session {
+            cfg,
+            metrics,
+            ledger,
+            db,
+            relations: HashMap::new(),
+            type_names: HashMap::new(),
+            txn: None,
+            pending: Vec::new(),
+            pending_commit_end: None,
+            acked: 0,
+        };
+        let result = s.stream(&mut client, shutdown).await;
+        if result.is_ok() {
+            s.stop(&mut client).await;
+        } else {
+            client.abort();
+        }
+        result
+    }
+
+    async fn stream(
+        &mut self,
+        client: &mut ReplicationClient,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.flush(client).await?;
+                    return Ok(());
+                }
+                _ = async { tokio::time::sleep_until(flush_at.unwrap()).await }, if flush_at.is_some() => {
+                    self.flush(client).await?;
+                    flush_at = None;
+                    continue;
+                }
+                ev = client.recv() => ev?,
+            };
+            let Some(ev) = ev else {
+                return Err(CaptureError::Ended);
+            };
+            match ev {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
+                    self.txn = Some(OpenTxn {
+                        commit_lsn: final_lsn.as_u64(),
+                        commit_time_unix_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
+                        change_index: 0,
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    self.handle(pgoutput::decode(&data)?).await?;
+                    if self.pending.len() >= MAX_BATCH {
+                        self.flush(client).await?;
+                        flush_at = None;
+                    }
+                }
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
+                    self.txn = None;
+                    self.pending_commit_end = Some(end_lsn.as_u64());
+                    self.metrics
+                        .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
+                    if self.pending.len() >= MAX_BATCH {
+                        self.flush(client).await?;
+                        flush_at = None;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + BATCH_LINGER);
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // Nothing open and nothing unwritten: everything up to
+                    // wal_end is in the ledger (or was not ours), so the slot may
+                    // advance and Postgres need not keep that WAL.
+                    if self.txn.is_none()
+                        && self.pending.is_empty()
+                        && self.pending_commit_end.is_none()
+                        && wal_end.as_u64() > self.acked
+                    {
+                        self.ack(client, wal_end.as_u64());
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Message) -> Result<(), CaptureError> {
+        let change = match msg {
+            Message::Relation(rel) => {
+                let state = self.relation_state(rel).await?;
+                let id = match &state {
+                    RelState::Mapped(m) => m.relation.id,
+                    RelState::Unmapped => 0,
+                };
+                if id != 0 {
+                    self.relations.insert(id, state);
+                }
+                return Ok(());
+            }
+            Message::Type(t) => {
+                self.type_names.insert(t.id, t.name);
+                return Ok(());
+            }
+            Message::Truncate { relation_ids, .. } => {
+                let mapped: Vec<String> = relation_ids
+                    .iter()
+                    .filter_map(|id| match self.relations.get(id) {
+                        Some(RelState::Mapped(m)) => Some(m.slug.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !mapped.is_empty() {
+                    tracing::warn!(objects = ?mapped, "TRUNCATE on mapped table(s): no row events are emitted");
+                    self.metrics.add_truncates(mapped.len() as u64);
+                    self.ledger
+                        .count_truncate(&self.db, mapped.len() as i64)
+                        .await?;
+                }
+                return Ok(());
+            }
+            Message::Insert { relation_id, new } => (relation_id, RowChange::Insert { new }),
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => (relation_id, RowChange::Update { old, new }),
+            Message::Delete { relation_id, old } => (relation_id, RowChange::Delete { old }),
+            Message::Origin { .. } | Message::Other(_) => return Ok(()),
+        };
+        let (relation_id, change) = change;
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let index = txn.change_index;
+        txn.change_index += 1;
+        let map = match self.relations.get(&relation_id) {
+            Some(RelState::Mapped(m)) => m,
+            Some(RelState::Unmapped) => return Ok(()),
+            None => return Err(CaptureError::UnknownRelation(relation_id)),
+        };
+        let ctx = ChangeContext {
+            source_name: &self.cfg.source.name,
+            commit_lsn: txn.commit_lsn,
+            commit_time_unix_micros: txn.commit_time_unix_micros,
+            change_index: index,
+        };
+        if let Some(event) = map_change(map, change, &ctx)? {
+            let endpoints = self
+                .cfg
+                .endpoints
+                .iter()
+                .filter(|ep| crate::dispatch::filter::subscribed(&ep.events, &event.name))
+                .map(|ep| ep.id.clone())
+                .collect();
+            self.pending.push(NewEvent {
+                commit_lsn: txn.commit_lsn,
+                change_index: index,
+                commit_time_unix_micros: txn.commit_time_unix_micros,
+                endpoints,
+                event,
+            });
+        }
+        Ok(())
+    }
+
+    /// A Relation message arrived (first use, or after DDL): rebuild the map.
+    async fn relation_state(&mut self, rel: Relation) -> Result<RelState, CaptureError> {
+        let Some(object) = self.object_for(&rel) else {
+            // Changes of tables we do not map still count for change indexes,
+            // but we keep no state for them.
+            self.relations.insert(rel.id, RelState::Unmapped);
+            return Ok(RelState::Unmapped);
+        };
+        let object = object.clone();
+        let key_columns = self.primary_key_columns(&rel).await?;
+        let type_names = &self.type_names;
+        let map = TableMap::new(
+            rel,
+            object.slug.clone(),
+            &object.exclude_columns,
+            key_columns,
+            &|oid| type_names.get(&oid).cloned(),
+        );
+        Ok(RelState::Mapped(Box::new(map)))
+    }
+
+    fn object_for(&self, rel: &Relation) -> Option<&ObjectConfig> {
+        self.cfg
+            .objects
+            .iter()
+            .find(|o| o.schema == rel.namespace && o.table == rel.name)
+    }
+
+    /// Primary-key columns as indexes into the relation's columns. With
+    /// REPLICA IDENTITY FULL pgoutput flags every column as key, so the
+    /// catalog is asked instead; the flags are the fallback.
+    async fn primary_key_columns(&self, rel: &Relation) -> Result<Vec<usize>, CaptureError> {
+        let row = self
+            .db
+            .query_one(
+                "SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}')
+                 FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 WHERE i.indrelid = $1 AND i.indisprimary",
+                &[&rel.id],
+            )
+            .await?;
+        let names: Vec<String> = row.get(0);
+        let by_name: Vec<usize> = names
+            .iter()
+            .filter_map(|n| rel.columns.iter().position(|c| &c.name == n))
+            .collect();
+        if !by_name.is_empty() && by_name.len() == names.len() {
+            return Ok(by_name);
+        }
+        tracing::warn!(
+            table = %format!("{}.{}", rel.namespace, rel.name),
+            "no primary key found; using the replica identity columns as the record key"
+        );
+        Ok(rel
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.flags & 1 == 1)
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    /// Write what is pending; acknowledge the last complete transaction.
+    async fn flush(&mut self, client: &ReplicationClient) -> Result<(), CaptureError> {
+        if self.pending.is_empty() && self.pending_commit_end.is_none() {
+            return Ok(());
+        }
+        let progress = self
+            .pending_commit_end
+            .map(|lsn| (self.cfg.source.slot.as_str(), lsn));
+        let Appended { events, .. } = self
+            .ledger
+            .append(&mut self.db, &self.pending, progress)
+            .await?;
+        for e in &self.pending {
+            self.metrics.event_captured(&e.event.name);
+        }
+        if events > 0 {
+            self.metrics.notify_new_deliveries();
+        }
+        self.pending.clear();
+        if let Some(lsn) = self.pending_commit_end.take() {
+            self.ack(client, lsn);
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, client: &ReplicationClient, lsn: u64) {
+        if lsn > self.acked {
+            self.acked = lsn;
+            client.update_applied_lsn(Lsn::from_u64(lsn));
+            self.metrics.set_acked_lsn(lsn);
+        }
+    }
+
+    /// Graceful stop: the last acknowledgement reaches the server before the
+    /// stream closes (the crate sends no final status update by itself).
+    async fn stop(&mut self, client: &mut ReplicationClient) {
+        let deadline = tokio::time::Instant::now() + self.cfg.source.status_interval * 3;
+        let m = client.metrics();
+        while m.last_applied_lsn().as_u64() < self.acked && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = client.shutdown().await {
+            tracing::debug!(error = %e, "replication stream shutdown");
+        }
+    }
+}
