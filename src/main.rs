@@ -1,1 +1,233 @@
-fn main() {}
+//! The `walhook` command line. The only place with `anyhow`: each command
+//! turns library errors into one actionable paragraph and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use walhook::config::Config;
+use walhook::ledger;
+use walhook::source::setup;
+
+#[derive(Parser, Debug)]
+#[command(name = "walhook", version, about = "PostgreSQL row changes as signed webhooks")]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the ledger schema, publication, slot and replica identity (idempotent).
+    Setup {
+        /// Print the SQL instead of running it (for a DBA).
+        #[arg(long)]
+        print_sql: bool,
+    },
+    /// The daemon: capture + dispatch + admin until SIGINT/SIGTERM.
+    Run {
+        /// Do not read the replication slot in this process.
+        #[arg(long)]
+        no_capture: bool,
+        /// Do not send deliveries from this process.
+        #[arg(long)]
+        no_dispatch: bool,
+        /// Do not serve the admin HTTP API.
+        #[arg(long)]
+        no_admin: bool,
+    },
+    /// Drop the slot and publication (Postgres stops retaining WAL for walhook).
+    Teardown {
+        /// Also drop the ledger schema with every event and delivery.
+        #[arg(long)]
+        drop_ledger: bool,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walhook: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch_command(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("walhook: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Setup { print_sql } => {
+            let cfg = load_config(&cli.config)?;
+            if print_sql {
+                for stmt in setup::plan_sql(&cfg) {
+                    println!("{stmt}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let client = ledger::connect_with_timeout(
+                &cfg.source.url,
+                "walhook setup",
+                cfg.source.connect_timeout,
+            )
+            .await
+            .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running)")?;
+            let steps = setup::run(&client, &cfg).await?;
+            let changed = steps.iter().filter(|s| s.changed).count();
+            for s in &steps {
+                println!("{} {}", if s.changed { "+" } else { "=" }, s.what);
+            }
+            if changed == 0 {
+                println!("nothing to change: walhook is already set up");
+            } else {
+                println!("setup done: {changed} change(s)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            no_capture,
+            no_dispatch,
+            no_admin,
+        } => {
+            let cfg = Arc::new(load_config(&cli.config)?);
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone())?;
+            let roles = walhook::Roles {
+                capture: !no_capture,
+                dispatch: !no_dispatch,
+                admin: !no_admin,
+            };
+            walhook::run(cfg, roles, shutdown).await?;
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Teardown { drop_ledger, yes } => {
+            let cfg = load_config(&cli.config)?;
+            if !yes {
+                bail!(
+                    "teardown drops the replication slot {} and publication {}{}; run again with --yes to confirm",
+                    cfg.source.slot,
+                    cfg.source.publication,
+                    if drop_ledger { " and the whole ledger" } else { "" }
+                );
+            }
+            let client = ledger::connect_with_timeout(
+                &cfg.source.url,
+                "walhook teardown",
+                cfg.source.connect_timeout,
+            )
+            .await?;
+            for line in teardown(&client, &cfg, drop_ledger).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn teardown(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    drop_ledger: bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let active: Option<bool> = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.source.slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match active {
+        Some(true) => bail!(
+            "the replication slot {} is in use by a running walhook; stop it first",
+            cfg.source.slot
+        ),
+        Some(false) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.source.slot])
+                .await?;
+            out.push(format!("- replication slot {} dropped", cfg.source.slot));
+        }
+        None => out.push(format!("= replication slot {} was not there", cfg.source.slot)),
+    }
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            walhook::config::quote_ident(&cfg.source.publication)
+        ))
+        .await?;
+    out.push(format!("- publication {} dropped", cfg.source.publication));
+    if drop_ledger {
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                walhook::config::quote_ident(&cfg.ledger.schema)
+            ))
+            .await?;
+        out.push(format!("- ledger schema {} dropped", cfg.ledger.schema));
+    } else {
+        out.push(format!(
+            "= ledger schema {} kept (use --drop-ledger to drop it)",
+            cfg.ledger.schema
+        ));
+    }
+    Ok(out)
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
