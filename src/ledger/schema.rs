@@ -101,9 +101,40 @@ pub fn ddl(schema: &str) -> Vec<String> {
     ]
 }
 
+/// The DDL as one script (the text of `sql/01-ledger.sql` for `walhook`).
+pub fn ddl_script(schema: &str) -> String {
+    let mut out = String::from(
+        "-- The ledger; `walhook setup` runs the same statements (src/ledger/schema.rs).\n\
+         -- `walhook setup --print-sql` prints them for your config's schema.\n",
+    );
+    for stmt in ddl(schema) {
+        out.push('\n');
+        out.push_str(&stmt);
+        out.push_str(";\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_file_matches_the_code() {
+        let file = include_str!("../../sql/01-ledger.sql");
+        if file != ddl_script("walhook") {
+            // Regenerate with: WALHOOK_WRITE_SQL=1 cargo test --lib sql_file_matches
+            if std::env::var_os("WALHOOK_WRITE_SQL").is_some() {
+                std::fs::write(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/sql/01-ledger.sql"),
+                    ddl_script("walhook"),
+                )
+                .unwrap();
+            } else {
+                panic!("sql/01-ledger.sql is out of date with src/ledger/schema.rs");
+            }
+        }
+    }
 
     #[test]
     fn ddl_is_idempotent_and_schema_qualified() {

@@ -1,0 +1,11 @@
+-- A least-privilege role for walhook (run as a superuser or the database owner).
+-- Replace the password, the database name and the table list with yours.
+CREATE ROLE walhook WITH LOGIN REPLICATION PASSWORD 'change-me';
+GRANT CONNECT, CREATE ON DATABASE app TO walhook;      -- CREATE: the ledger schema
+GRANT USAGE ON SCHEMA public TO walhook;
+GRANT SELECT ON public.leads, public.users, public.opportunities TO walhook;
+GRANT USAGE ON SCHEMA crm TO walhook;
+GRANT SELECT ON crm.students TO walhook;
+-- If a DBA runs 02-publication.sql and 03-replica-identity.sql (below) the role
+-- needs no ownership of the tables. Otherwise `walhook setup` must run as the
+-- tables' owner (CREATE PUBLICATION ... FOR TABLE and ALTER TABLE need it).

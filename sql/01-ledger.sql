@@ -1,0 +1,2 @@
+-- The ledger (default schema "walhook"); `walhook setup` runs the same statements.
+-- Generated from src/ledger/schema.rs: `walhook setup --print-sql` prints them for your config.
