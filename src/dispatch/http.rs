@@ -256,11 +256,15 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Belt and braces: the chain is built without the URL, but a lower layer could
-/// still quote it, or its password.
+/// still quote it, or its userinfo. A user name is redacted only when long enough
+/// to be a token (`https://<token>@host`); a short one would mangle the text.
 fn redact(message: &str, url: &url::Url) -> String {
     let mut out = message.replace(url.as_str(), "<endpoint url>");
     if let Some(password) = url.password().filter(|p| !p.is_empty()) {
         out = out.replace(password, "***");
+    }
+    if url.username().len() >= 8 {
+        out = out.replace(url.username(), "***");
     }
     out
 }
@@ -476,6 +480,9 @@ mod tests {
         let out = redact(&msg, &url);
         assert!(!out.contains("hunter22"), "{out}");
         assert!(!out.contains("token=abc"), "{out}");
+        let url: url::Url = "https://ghp_0123456789abcdef@example.com/".parse().unwrap();
+        let out = redact("auth failed for ghp_0123456789abcdef", &url);
+        assert_eq!(out, "auth failed for ***");
     }
 
     #[test]
