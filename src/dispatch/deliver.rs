@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord, Outcome};
-use crate::dispatch::retry::{self, Decision, Failure, FailureKind};
+use crate::dispatch::retry::{self, Decision};
 use crate::dispatch::sign;
 use crate::ledger::queue::{AttemptRow, Claimed, NextState, system_time_to_unix_ms};
 use crate::ledger::{self, Ledger, LedgerError, NewEvent};
@@ -220,7 +220,13 @@ impl<'a> Dispatcher<'a> {
             ) {
                 Ok(h) => h,
                 Err(e) => {
-                    let record = AttemptRecord::failed_before_send(format!("signing: {e}"));
+                    let record = AttemptRecord {
+                        started_at_unix_ms: system_time_to_unix_ms(SystemTime::now()),
+                        duration: Duration::ZERO,
+                        outcome: Outcome::Other(format!("signing: {e}")),
+                        response_excerpt: None,
+                        retry_after: None,
+                    };
                     return Done {
                         claimed,
                         record,
@@ -249,27 +255,13 @@ impl<'a> Dispatcher<'a> {
         for d in done.iter() {
             let ep = &d.claimed.endpoint_id;
             let outcome = &d.record.outcome;
-            let next = if outcome.is_success() {
-                if !ok_eps.contains(ep) {
-                    ok_eps.push(ep.clone());
-                }
-                NextState::Succeeded
-            } else {
+            let next = if let Some(failure) = d.record.failure() {
                 if !failed_eps.contains(ep) {
                     failed_eps.push(ep.clone());
                 }
                 if matches!(outcome, Outcome::Status(410)) && !gone.contains(ep) {
                     gone.push(ep.clone());
                 }
-                let failure = Failure {
-                    retry_after: d.record.retry_after,
-                    kind: match outcome {
-                        Outcome::Status(c) => FailureKind::Status(*c),
-                        Outcome::Timeout => FailureKind::Timeout,
-                        Outcome::Connect(_) => FailureKind::Connect,
-                        _ => FailureKind::Other,
-                    },
-                };
                 match retry::after_failure(
                     &self.cfg.delivery.retry,
                     d.claimed.cycle_started_unix_ms,
@@ -281,6 +273,11 @@ impl<'a> Dispatcher<'a> {
                     Decision::RetryAt(at) => NextState::RetryAt(at),
                     Decision::Disable => NextState::Disabled,
                 }
+            } else {
+                if !ok_eps.contains(ep) {
+                    ok_eps.push(ep.clone());
+                }
+                NextState::Succeeded
             };
             let outcome_label = match next {
                 NextState::Succeeded => "success",
@@ -300,9 +297,9 @@ impl<'a> Dispatcher<'a> {
                 endpoint_id: ep.clone(),
                 started_unix_ms: d.record.started_at_unix_ms,
                 duration_ms: d.record.duration.as_millis().min(i32::MAX as u128) as i32,
-                status_code: outcome.status_code().map(i32::from),
+                status_code: outcome.status().map(i32::from),
                 error_kind: (!outcome.is_success()).then(|| outcome.error_kind().to_string()),
-                error: outcome.error_message(),
+                error: (!outcome.is_success()).then(|| outcome.message()),
                 response_excerpt: d.record.response_excerpt.clone(),
                 request_headers: serde_json::Value::Object(headers).to_string(),
                 next,
@@ -361,7 +358,7 @@ impl<'a> Dispatcher<'a> {
             self.cfg.source.name,
             now_micros / 1000,
             endpoint,
-            crate::event::id::random_suffix()
+            random_suffix()
         );
         let ev = NewEvent {
             event: crate::event::Event {
@@ -423,4 +420,16 @@ async fn listen(
             _ = subscribe => {}
         }
     }))
+}
+
+/// 8 random `[0-9A-Za-z]` characters: events walhook makes itself (not from
+/// WAL) have no commit position to derive a suffix from.
+fn random_suffix() -> String {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect()
 }

@@ -12,6 +12,7 @@
 //! Everything here except [`http::attempt`] is pure; the delivery loop that
 //! claims work from the ledger and records attempts builds on these.
 
+pub mod deliver;
 pub mod filter;
 pub mod http;
 pub mod retry;
