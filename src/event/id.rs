@@ -1,0 +1,1 @@
+//! Deterministic event ids (SPEC §5).
