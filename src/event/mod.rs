@@ -196,6 +196,8 @@ pub struct ChangeContext<'a> {
     pub change_index: u32,
 }
 
+/// The kind of row change: INSERT, UPDATE, DELETE. `as_str` is the second
+/// half of the event name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
     Create,
@@ -228,6 +230,8 @@ pub struct Event {
     pub body: String,
 }
 
+/// A change that cannot be mapped: its shape does not match the table's
+/// latest Relation, or it lacks what the record key needs.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("table {table}: change has {got} columns, relation has {expected}")]
