@@ -90,7 +90,8 @@ pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfi
     let publication = format!("\"{}\"", cfg.source.publication.replace('"', "\"\""));
     let mut rc = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
-            dir.join(format!(".s.PGSQL.{port}")),
+            dir.display().to_string(),
+            port,
             user,
             password,
             dbname,
