@@ -9,6 +9,7 @@
 //! `admin` (CLI reports, admin API, metrics, history page).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod dispatch;
 pub mod event;
@@ -69,21 +70,21 @@ pub enum RunError {
 
 /// Pre-flight checks shared by `run` (fail fast with a clear message).
 pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
-    let client = ledger::connect_with_timeout(
-        &cfg.source.url,
-        "walhook",
-        cfg.source.connect_timeout,
-    )
-    .await
-    .map_err(|source| RunError::Unreachable {
-        timeout: cfg.source.connect_timeout,
-        source,
-    })?;
+    let client =
+        ledger::connect_with_timeout(&cfg.source.url, "walhook", cfg.source.connect_timeout)
+            .await
+            .map_err(|source| RunError::Unreachable {
+                timeout: cfg.source.connect_timeout,
+                source,
+            })?;
     setup::check_wal_level(&client).await?;
     Ledger::new(&cfg.ledger.schema)
         .ensure_exists(&client)
         .await?;
-    if setup::slot_plugin(&client, &cfg.source.slot).await?.is_none() {
+    if setup::slot_plugin(&client, &cfg.source.slot)
+        .await?
+        .is_none()
+    {
         return Err(RunError::NoSlot(cfg.source.slot.clone()));
     }
     Ok(())
@@ -98,6 +99,14 @@ pub async fn run(
 ) -> Result<(), RunError> {
     preflight(&cfg).await?;
     let metrics = Arc::new(Metrics::new());
+    // Bind before starting anything, so a taken port fails `run` at once.
+    let admin_server = if roles.admin {
+        admin::api::AdminServer::bind(cfg.clone(), metrics.clone(), roles.capture)
+            .await
+            .map_err(|e| RunError::Admin(e.to_string()))?
+    } else {
+        None
+    };
     let mut tasks = tokio::task::JoinSet::new();
     if roles.capture {
         tasks.spawn(source::capture::run(
@@ -113,7 +122,15 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    let _ = roles.admin;
+    if let Some(server) = admin_server {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            // Capture and dispatch go on without the admin API.
+            if let Err(e) = server.serve(shutdown).await {
+                tracing::error!(error = %e, "the admin HTTP server stopped");
+            }
+        });
+    }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             tracing::error!(error = %e, "a walhook task panicked");

@@ -9,15 +9,25 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use walhook::admin::{check, render, report};
 use walhook::config::Config;
 use walhook::ledger;
 use walhook::source::setup;
 
 #[derive(Parser, Debug)]
-#[command(name = "walhook", version, about = "PostgreSQL row changes as signed webhooks")]
+#[command(
+    name = "walhook",
+    version,
+    about = "PostgreSQL row changes as signed webhooks"
+)]
 struct Cli {
     /// Config file.
-    #[arg(long, global = true, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALHOOK_CONFIG",
+        default_value = "walhook.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -52,6 +62,29 @@ enum Command {
         #[arg(long)]
         no_admin: bool,
     },
+    /// Doctor: config, database, wal_level, privileges, publication, replica
+    /// identity, slot and lag, ledger, endpoints. Non-zero exit if any check fails.
+    Check {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Slot lag, events captured, deliveries by state, endpoints and their state.
+    Status {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, inspect and retry deliveries.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// Endpoint state; enable, disable or ping one.
+    Endpoints {
+        #[command(subcommand)]
+        command: EndpointsCommand,
+    },
     /// Drop the slot and publication (Postgres stops retaining WAL for walhook).
     Teardown {
         /// Also drop the ledger schema with every event and delivery.
@@ -60,6 +93,88 @@ enum Command {
         /// Confirm.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeliveriesCommand {
+    /// Deliveries, newest first.
+    List {
+        /// pending, retrying, succeeded or disabled.
+        #[arg(long)]
+        status: Option<String>,
+        /// An event name (`lead.create`), a filter (`lead.*`, `*.delete`) or an event id.
+        #[arg(long)]
+        event: Option<String>,
+        /// An endpoint id.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Created since: a duration back from now (`90m`, `2d`), an RFC 3339 time or a date.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = report::DEFAULT_LIMIT)]
+        limit: i64,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One delivery with every attempt; an event id shows every delivery of that event.
+    Show {
+        /// A delivery id, or an event id.
+        id: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a delivery (or every failed one) back in the queue with a fresh retry cycle.
+    Retry {
+        /// The delivery id.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<i64>,
+        /// Every retrying and disabled delivery.
+        #[arg(long)]
+        all_failed: bool,
+        /// With --all-failed: only this endpoint's.
+        #[arg(long, requires = "all_failed")]
+        endpoint: Option<String>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointsCommand {
+    /// Every endpoint with its state and deliveries by state.
+    List {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable an endpoint (its queued deliveries are sent again).
+    Enable {
+        id: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an endpoint as a whole (deliveries queue up until it is enabled).
+    Disable {
+        id: String,
+        /// Recorded and shown in `endpoints list`.
+        #[arg(long, default_value = "disabled by hand (walhook endpoints disable)")]
+        reason: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a signed `walhook.ping` event to the endpoint now (not recorded in the ledger).
+    Ping {
+        id: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -78,7 +193,10 @@ fn init_tracing(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walhook: cannot start the async runtime: {e}");
@@ -144,6 +262,33 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { json } => {
+            let report = match Config::load(&cli.config) {
+                Ok(cfg) => check::run(&cfg, &cli.config.display().to_string()).await,
+                Err(e) => check::CheckReport::config_error(&e.to_string()),
+            };
+            print_out(json, &report, render::checks)?;
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Status { json } => {
+            let cfg = load_config(&cli.config)?;
+            let client = admin_connect(&cfg).await?;
+            let status = report::Reports::new(&cfg).status(&client).await?;
+            print_out(json, &status, render::status)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliveries { command } => {
+            let cfg = load_config(&cli.config)?;
+            deliveries_command(&cfg, command).await
+        }
+        Command::Endpoints { command } => {
+            let cfg = load_config(&cli.config)?;
+            endpoints_command(&cfg, command).await
+        }
         Command::Teardown { drop_ledger, yes } => {
             let cfg = load_config(&cli.config)?;
             if !yes {
@@ -151,7 +296,11 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                     "teardown drops the replication slot {} and publication {}{}; run again with --yes to confirm",
                     cfg.source.slot,
                     cfg.source.publication,
-                    if drop_ledger { " and the whole ledger" } else { "" }
+                    if drop_ledger {
+                        " and the whole ledger"
+                    } else {
+                        ""
+                    }
                 );
             }
             let client = ledger::connect_with_timeout(
@@ -165,6 +314,135 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// JSON (pretty, on stdout) or the human rendering.
+fn print_out<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human(value));
+    }
+    Ok(())
+}
+
+async fn admin_connect(cfg: &Config) -> Result<tokio_postgres::Client> {
+    ledger::connect_with_timeout(&cfg.source.url, "walhook admin", cfg.source.connect_timeout)
+        .await
+        .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running; `walhook check` tells more)")
+}
+
+async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
+    let reports = report::Reports::new(cfg);
+    match command {
+        DeliveriesCommand::List {
+            status,
+            event,
+            endpoint,
+            since,
+            limit,
+            json,
+        } => {
+            let filter = report::DeliveryFilter {
+                status: status.as_deref().map(str::parse).transpose()?,
+                event,
+                endpoint,
+                since: since
+                    .as_deref()
+                    .map(|s| report::parse_since(s, std::time::SystemTime::now()))
+                    .transpose()?,
+                before: None,
+                limit: Some(limit),
+            };
+            let client = admin_connect(cfg).await?;
+            let list = reports.list_deliveries(&client, &filter).await?;
+            print_out(json, &list, |l| render::deliveries(l))?;
+        }
+        DeliveriesCommand::Show { id, json } => {
+            let client = admin_connect(cfg).await?;
+            let shown = reports.show(&client, &id).await?;
+            print_out(json, &shown, render::shown)?;
+        }
+        DeliveriesCommand::Retry {
+            id,
+            all_failed,
+            endpoint,
+            json,
+        } => {
+            let client = admin_connect(cfg).await?;
+            if all_failed {
+                let out = reports
+                    .retry_all_failed(&client, endpoint.as_deref())
+                    .await?;
+                print_out(json, &out, |o| {
+                    format!(
+                        "{} failed deliveries queued again{}\n",
+                        o.requeued,
+                        o.endpoint
+                            .as_deref()
+                            .map(|e| format!(" for endpoint {e}"))
+                            .unwrap_or_default()
+                    )
+                })?;
+            } else {
+                let id = id.context("give a delivery id, or --all-failed")?;
+                let out = reports.retry(&client, id).await?;
+                print_out(json, &out, |o| {
+                    format!(
+                        "delivery {} ({}) queued again; a running `walhook run` sends it now\n",
+                        o.delivery_id,
+                        o.previous_status.as_str()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn endpoints_command(cfg: &Config, command: EndpointsCommand) -> Result<ExitCode> {
+    let reports = report::Reports::new(cfg);
+    match command {
+        EndpointsCommand::List { json } => {
+            let client = admin_connect(cfg).await?;
+            let list = reports.endpoints(&client).await?;
+            print_out(json, &list, |l| render::endpoints(l))?;
+        }
+        EndpointsCommand::Enable { id, json } => {
+            let client = admin_connect(cfg).await?;
+            let out = reports.set_endpoint_enabled(&client, &id, true, "").await?;
+            print_out(json, &out, toggled)?;
+        }
+        EndpointsCommand::Disable { id, reason, json } => {
+            let client = admin_connect(cfg).await?;
+            let out = reports
+                .set_endpoint_enabled(&client, &id, false, &reason)
+                .await?;
+            print_out(json, &out, toggled)?;
+        }
+        EndpointsCommand::Ping { id, json } => {
+            let out = report::ping(cfg, &id).await?;
+            print_out(json, &out, render::ping)?;
+            if !out.ok {
+                bail!(
+                    "endpoint {} did not accept the ping ({}). Check that the receiver is up at {}, answers 2xx within the endpoint's timeout, and verifies signatures with the configured secret.",
+                    out.endpoint,
+                    render::clean(&out.outcome),
+                    out.target
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toggled(t: &report::EndpointToggle) -> String {
+    let state = if t.enabled { "enabled" } else { "disabled" };
+    if t.changed {
+        format!("endpoint {} {state}\n", t.endpoint)
+    } else {
+        format!("endpoint {} was already {state}\n", t.endpoint)
     }
 }
 
@@ -192,7 +470,10 @@ async fn teardown(
                 .await?;
             out.push(format!("- replication slot {} dropped", cfg.source.slot));
         }
-        None => out.push(format!("= replication slot {} was not there", cfg.source.slot)),
+        None => out.push(format!(
+            "= replication slot {} was not there",
+            cfg.source.slot
+        )),
     }
     client
         .batch_execute(&format!(

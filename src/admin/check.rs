@@ -1,0 +1,523 @@
+//! `walhook check`: a doctor that looks at everything `walhook run` depends
+//! on and says, for each problem, what to do. It only reads: no DDL, no HTTP
+//! request to endpoints (their host names are resolved, nothing is sent).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::{Config, ReplicaIdentity};
+use crate::ledger;
+use crate::source::setup::{self, SetupError};
+
+use super::report::{Reports, human_bytes, human_duration};
+
+/// How long one endpoint host name may take to resolve.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ledger tables `walhook setup` creates.
+const LEDGER_TABLES: [&str; 6] = [
+    "events",
+    "deliveries",
+    "attempts",
+    "endpoints",
+    "progress",
+    "counters",
+];
+
+/// The verdict of one check. `Warn` does not fail `walhook check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of `walhook check`: what was checked, what was found, and for a
+/// failure (or warning) what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub state: CheckState,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            state: CheckState::Ok,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+    fn warn(name: impl Into<String>, detail: impl Into<String>, hint: Option<String>) -> Check {
+        Check {
+            name: name.into(),
+            state: CheckState::Warn,
+            detail: detail.into(),
+            hint,
+        }
+    }
+    fn fail(name: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            state: CheckState::Fail,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// Every check, in order; `ok` is false when any failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl CheckReport {
+    fn new(checks: Vec<Check>) -> CheckReport {
+        CheckReport {
+            ok: checks.iter().all(|c| c.state != CheckState::Fail),
+            checks,
+        }
+    }
+
+    /// The report when the config cannot be loaded: nothing else can be checked.
+    pub fn config_error(message: &str) -> CheckReport {
+        CheckReport::new(vec![Check::fail(
+            "config",
+            message,
+            "fix the config file (config.example.toml documents every key), then run `walhook check` again",
+        )])
+    }
+}
+
+/// Run every check for `cfg` (loaded from `origin`, for the message).
+pub async fn run(cfg: &Config, origin: &str) -> CheckReport {
+    let mut checks = vec![Check::ok(
+        "config",
+        format!(
+            "{origin} is valid: {} object(s), {} endpoint(s)",
+            cfg.objects.len(),
+            cfg.endpoints.len()
+        ),
+    )];
+    for w in cfg.warnings() {
+        checks.push(Check::warn("config", w, None));
+    }
+    let target = ledger::describe_target(&cfg.source.url);
+    match ledger::connect_with_timeout(&cfg.source.url, "walhook check", cfg.source.connect_timeout)
+        .await
+    {
+        Err(e) => checks.push(Check::fail(
+            "database",
+            format!("cannot reach {target}: {e}"),
+            "check that PostgreSQL is running and that source.url / source.url_env is right (host, port, user, password, database)",
+        )),
+        Ok(client) => {
+            let version = client
+                .query_one("SHOW server_version", &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|_| "?".into());
+            checks.push(Check::ok(
+                "database",
+                format!("reachable: {target} (PostgreSQL {version})"),
+            ));
+            database_checks(&client, cfg, &mut checks).await;
+        }
+    }
+    for ep in &cfg.endpoints {
+        checks.push(endpoint_check(&ep.id, &ep.url).await);
+    }
+    CheckReport::new(checks)
+}
+
+fn db_fail(name: &str, e: impl std::fmt::Display) -> Check {
+    Check::fail(
+        name,
+        format!("cannot read it: {e}"),
+        "make sure the role can read the pg_catalog views (any login role can), then try again",
+    )
+}
+
+async fn database_checks(client: &Client, cfg: &Config, checks: &mut Vec<Check>) {
+    match setup::check_wal_level(client).await {
+        Ok(()) => checks.push(Check::ok("wal_level", "logical")),
+        Err(SetupError::WalLevel(level)) => checks.push(Check::fail(
+            "wal_level",
+            format!("is '{level}', walhook needs 'logical'"),
+            "run `ALTER SYSTEM SET wal_level = logical;` as a superuser and restart PostgreSQL",
+        )),
+        Err(e) => checks.push(db_fail("wal_level", e)),
+    }
+    checks.push(privileges(client).await);
+    match setup::check_tables(client, cfg).await {
+        Ok(()) => checks.push(Check::ok(
+            "tables",
+            format!(
+                "{} mapped table(s) exist and have primary keys",
+                cfg.objects.len()
+            ),
+        )),
+        Err(e @ (SetupError::NoTable(_) | SetupError::NoPrimaryKey(_))) => {
+            checks.push(Check::fail(
+                "tables",
+                e.to_string(),
+                "fix the table or the [[objects]] entry",
+            ))
+        }
+        Err(e) => checks.push(db_fail("tables", e)),
+    }
+    checks.push(publication(client, cfg).await);
+    replica_identity(client, cfg, checks).await;
+    let ledger_ok = ledger_schema(client, cfg, checks).await;
+    checks.push(slot(client, cfg, ledger_ok).await);
+}
+
+async fn privileges(client: &Client) -> Check {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, r.rolsuper, r.rolreplication,
+                    has_database_privilege(current_database(), 'CREATE'), current_database()::text
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await;
+    let r = match row {
+        Ok(r) => r,
+        Err(e) => return db_fail("privileges", e),
+    };
+    let (user, sup, repl, create, db): (String, bool, bool, bool, String) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    if sup {
+        return Check::ok("privileges", format!("role {user} is a superuser"));
+    }
+    let mut missing: Vec<String> = Vec::new();
+    let mut fix = Vec::new();
+    if !repl {
+        missing.push("the REPLICATION attribute".into());
+        fix.push(format!("ALTER ROLE \"{user}\" REPLICATION;"));
+    }
+    if !create {
+        missing.push(format!("CREATE on database {db}"));
+        fix.push(format!("GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\";"));
+    }
+    if missing.is_empty() {
+        Check::ok(
+            "privileges",
+            format!("role {user} has REPLICATION and CREATE on database {db}"),
+        )
+    } else {
+        Check::fail(
+            "privileges",
+            format!("role {user} lacks {}", missing.join(" and ")),
+            format!(
+                "as a superuser run: {} (see sql/00-role.sql)",
+                fix.join(" ")
+            ),
+        )
+    }
+}
+
+/// What the publication lacks and what it has too many of.
+pub fn publication_diff(
+    want: &[(String, String)],
+    have: &[(String, String)],
+) -> (Vec<String>, Vec<String>) {
+    let name = |(s, t): &(String, String)| format!("{s}.{t}");
+    let missing = want
+        .iter()
+        .filter(|t| !have.contains(t))
+        .map(name)
+        .collect();
+    let extra = have
+        .iter()
+        .filter(|t| !want.contains(t))
+        .map(name)
+        .collect();
+    (missing, extra)
+}
+
+async fn publication(client: &Client, cfg: &Config) -> Check {
+    let pubname = &cfg.source.publication;
+    let want = setup::mapped_tables(cfg);
+    match setup::publication_tables(client, pubname).await {
+        Err(e) => db_fail("publication", e),
+        Ok(None) => Check::fail(
+            "publication",
+            format!("{pubname} does not exist"),
+            "run `walhook setup` (or the CREATE PUBLICATION of `walhook setup --print-sql`)",
+        ),
+        Ok(Some(have)) => {
+            let (missing, extra) = publication_diff(&want, &have);
+            if missing.is_empty() && extra.is_empty() {
+                Check::ok(
+                    "publication",
+                    format!(
+                        "{pubname} covers exactly the {} mapped table(s)",
+                        want.len()
+                    ),
+                )
+            } else {
+                let mut what = Vec::new();
+                if !missing.is_empty() {
+                    what.push(format!("lacks {}", missing.join(", ")));
+                }
+                if !extra.is_empty() {
+                    what.push(format!(
+                        "also covers unmapped {} (their changes are streamed and dropped)",
+                        extra.join(", ")
+                    ));
+                }
+                Check::fail(
+                    "publication",
+                    format!("{pubname} {}", what.join("; ")),
+                    "run `walhook setup`, which sets the publication to exactly the mapped tables",
+                )
+            }
+        }
+    }
+}
+
+async fn replica_identity(client: &Client, cfg: &Config, checks: &mut Vec<Check>) {
+    for o in &cfg.objects {
+        let name = format!("replica identity {}.{}", o.schema, o.table);
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&o.schema, &o.table],
+            )
+            .await;
+        let fix_full = (cfg.source.replica_identity == ReplicaIdentity::Full).then(|| {
+            format!(
+                "run `walhook setup` or `ALTER TABLE {} REPLICA IDENTITY FULL;` for complete before rows",
+                o.qualified_sql()
+            )
+        });
+        let check = match row {
+            Err(e) => db_fail(&name, e),
+            Ok(None) => continue, // the tables check already says it is missing
+            Ok(Some(r)) => match r.get::<_, String>(0).as_str() {
+                "f" => Check::ok(&name, "FULL"),
+                "d" => Check::warn(
+                    &name,
+                    "DEFAULT: `before` of update and delete events holds only the primary key columns",
+                    fix_full,
+                ),
+                "i" => Check::warn(
+                    &name,
+                    "USING INDEX: `before` of update and delete events holds only the index columns",
+                    fix_full,
+                ),
+                _ => Check::fail(
+                    &name,
+                    "NOTHING: PostgreSQL refuses UPDATE and DELETE on a published table without a replica identity",
+                    format!(
+                        "run `ALTER TABLE {} REPLICA IDENTITY FULL;`",
+                        o.qualified_sql()
+                    ),
+                ),
+            },
+        };
+        checks.push(check);
+    }
+}
+
+async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> bool {
+    let schema = &cfg.ledger.schema;
+    let tables: Vec<&str> = LEDGER_TABLES.to_vec();
+    let row = client
+        .query_one(
+            "SELECT array_agg(t) FILTER (WHERE to_regclass(format('%I.%I', $1::text, t)) IS NULL)
+             FROM unnest($2::text[]) AS t",
+            &[schema, &tables],
+        )
+        .await;
+    let missing: Vec<String> = match row {
+        Ok(r) => r.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
+        Err(e) => {
+            checks.push(db_fail("ledger", e));
+            return false;
+        }
+    };
+    if missing.is_empty() {
+        checks.push(Check::ok("ledger", format!("schema {schema} is set up")));
+        true
+    } else if missing.len() == LEDGER_TABLES.len() {
+        checks.push(Check::fail(
+            "ledger",
+            format!("schema {schema} is not set up"),
+            "run `walhook setup` (or sql/01-ledger.sql as printed by `walhook setup --print-sql`)",
+        ));
+        false
+    } else {
+        checks.push(Check::fail(
+            "ledger",
+            format!("schema {schema} lacks the table(s) {}", missing.join(", ")),
+            "run `walhook setup` (its DDL is idempotent and adds what is missing)",
+        ));
+        false
+    }
+}
+
+async fn slot(client: &Client, cfg: &Config, ledger_ok: bool) -> Check {
+    let name = format!("slot {}", cfg.source.slot);
+    if !ledger_ok {
+        // Reading the lag needs the ledger's progress table; report what Postgres knows.
+        return match setup::slot_plugin(client, &cfg.source.slot).await {
+            Err(e) => db_fail(&name, e),
+            Ok(None) => Check::fail(
+                &name,
+                "does not exist",
+                "run `walhook setup` (or sql/04-slot.sql)",
+            ),
+            Ok(Some(p)) => slot_plugin_check(&name, &cfg.source.slot, &p)
+                .unwrap_or_else(|| Check::ok(&name, "exists (pgoutput)")),
+        };
+    }
+    let s = match Reports::new(cfg).slot(client).await {
+        Ok(s) => s,
+        Err(e) => return db_fail(&name, e),
+    };
+    if !s.exists {
+        return Check::fail(
+            &name,
+            "does not exist",
+            "run `walhook setup` (or sql/04-slot.sql)",
+        );
+    }
+    if let Some(c) = slot_plugin_check(&name, &s.name, s.plugin.as_deref().unwrap_or_default()) {
+        return c;
+    }
+    if s.wal_status.as_deref() == Some("lost") {
+        return Check::fail(
+            &name,
+            "has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed",
+            "changes were lost; drop and recreate it with `walhook teardown --yes` then `walhook setup`, and raise max_slot_wal_keep_size",
+        );
+    }
+    let lag = match (s.lag_bytes, s.lag_seconds) {
+        (Some(b), Some(t)) => format!(
+            "lag {} / {}",
+            human_bytes(b),
+            human_duration(Duration::from_secs_f64(t))
+        ),
+        (Some(b), None) => format!("lag {}", human_bytes(b)),
+        _ => "lag unknown".into(),
+    };
+    Check::ok(
+        &name,
+        format!(
+            "exists (pgoutput, {}), {lag}",
+            if s.active {
+                "being read"
+            } else {
+                "not being read now"
+            }
+        ),
+    )
+}
+
+fn slot_plugin_check(name: &str, slot: &str, plugin: &str) -> Option<Check> {
+    (plugin != "pgoutput").then(|| {
+        Check::fail(
+            name,
+            format!("uses the output plugin '{plugin}', not pgoutput"),
+            format!(
+                "drop it (SELECT pg_drop_replication_slot('{slot}')) and run `walhook setup`, or choose another source.slot"
+            ),
+        )
+    })
+}
+
+async fn endpoint_check(id: &str, url: &url::Url) -> Check {
+    let name = format!("endpoint {id}");
+    let port = url.port_or_known_default().unwrap_or(443);
+    match url.host() {
+        None => Check::fail(&name, "the URL has no host", "fix the endpoint's url"),
+        Some(url::Host::Ipv4(_)) | Some(url::Host::Ipv6(_)) => Check::ok(
+            &name,
+            format!(
+                "{} is an IP address (not contacted)",
+                super::report::url_origin(url)
+            ),
+        ),
+        Some(url::Host::Domain(host)) => {
+            match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+                Ok(Ok(addrs)) => {
+                    let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                    if addrs.is_empty() {
+                        Check::fail(
+                            &name,
+                            format!("{host} resolves to no address"),
+                            "check the host name in the endpoint's url and the DNS of this machine",
+                        )
+                    } else {
+                        Check::ok(
+                            &name,
+                            format!("{host} resolves to {} (not contacted)", addrs.join(", ")),
+                        )
+                    }
+                }
+                Ok(Err(e)) => Check::fail(
+                    &name,
+                    format!("{host} does not resolve: {e}"),
+                    "check the host name in the endpoint's url and the DNS of this machine",
+                ),
+                Err(_) => Check::fail(
+                    &name,
+                    format!("resolving {host} took more than {}s", DNS_TIMEOUT.as_secs()),
+                    "check the DNS resolver of this machine (/etc/resolv.conf)",
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str, n: &str) -> (String, String) {
+        (s.into(), n.into())
+    }
+
+    #[test]
+    fn publication_differences() {
+        let want = [t("public", "leads"), t("crm", "students")];
+        let have = [t("public", "leads"), t("public", "audit")];
+        let (missing, extra) = publication_diff(&want, &have);
+        assert_eq!(missing, ["crm.students"]);
+        assert_eq!(extra, ["public.audit"]);
+        let (m, e) = publication_diff(&want, &want);
+        assert!(m.is_empty() && e.is_empty());
+    }
+
+    #[test]
+    fn report_fails_only_on_fail() {
+        let r = CheckReport::new(vec![Check::ok("a", "x"), Check::warn("b", "y", None)]);
+        assert!(r.ok);
+        let r = CheckReport::config_error("bad key");
+        assert!(!r.ok);
+        assert_eq!(r.checks[0].state, CheckState::Fail);
+        assert!(r.checks[0].hint.is_some());
+    }
+
+    #[tokio::test]
+    async fn endpoint_ip_is_not_resolved_and_bad_names_fail() {
+        let ok = endpoint_check("a", &"http://127.0.0.1:9/x".parse().unwrap()).await;
+        assert_eq!(ok.state, CheckState::Ok, "{ok:?}");
+        let local = endpoint_check("b", &"http://localhost:9/x".parse().unwrap()).await;
+        assert_eq!(local.state, CheckState::Ok, "{local:?}");
+        let bad = endpoint_check("c", &"https://walhook-test.invalid/x".parse().unwrap()).await;
+        assert_eq!(bad.state, CheckState::Fail, "{bad:?}");
+        assert!(bad.hint.is_some());
+    }
+}

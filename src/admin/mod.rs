@@ -1,0 +1,20 @@
+//! The operator surface: what `walhook status|deliveries|endpoints|check`
+//! print and what the admin HTTP API serves.
+//!
+//! - [`report`]: typed, serialisable queries and actions over the ledger,
+//!   shared by the CLI and the HTTP API (one source of truth for both).
+//! - [`check`]: the `walhook check` doctor.
+//! - [`render`]: the human tables the CLI prints when `--json` is not given.
+//! - [`api`]: the axum router (`/healthz`, `/readyz`, `/metrics`, `/api/...`,
+//!   the history page at `/`) and the server `walhook run` starts.
+//!
+//! Promise: nothing here ever outputs a secret. Endpoint URLs are shown as
+//! their origin only (userinfo, path and query may hold credentials), the
+//! database as `user@host:port/db`, and secrets and the admin token never.
+
+pub mod api;
+pub mod check;
+pub mod render;
+pub mod report;
+
+pub use report::AdminError;
