@@ -372,7 +372,7 @@ impl<'a> Session<'a> {
                 .cfg
                 .endpoints
                 .iter()
-                .filter(|ep| crate::dispatch::filter::subscribed(&ep.events, &event.name))
+                .filter(|ep| ep.subscribes_to(&event.name))
                 .map(|ep| ep.id.clone())
                 .collect();
             self.pending.push(NewEvent {
