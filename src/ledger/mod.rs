@@ -79,6 +79,12 @@ pub async fn connect(url: &Secret, application_name: &str) -> Result<Client, Led
         .parse()
         .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
     cfg.application_name(application_name);
+    // Idempotent DDL (`IF NOT EXISTS`) would otherwise fill the log with NOTICEs.
+    let options = format!(
+        "{} -c client_min_messages=warning",
+        cfg.get_options().unwrap_or_default()
+    );
+    cfg.options(options.trim());
     cfg.connect_timeout(Duration::from_secs(10));
     let (client, conn) = cfg
         .connect(NoTls)
