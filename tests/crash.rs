@@ -155,10 +155,14 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let work = tokio::spawn(workload(db.clone(), 20_000));
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut kills = 0;
+    let mut kills_mid_workload = 0;
     while kills < 5 {
         // A random moment: this sleep picks when to crash, it does not wait
         // for anything.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..900))).await;
+        if !work.is_finished() {
+            kills_mid_workload += 1;
+        }
         kill9(&mut child);
         kills += 1;
         child = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
@@ -167,6 +171,10 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
     work.await.unwrap();
+    assert!(
+        kills_mid_workload >= 2,
+        "the workload finished too fast to be crashed into ({kills_mid_workload} kills)"
+    );
     // If the workload outran the kills, crash a few more times on the backlog.
     while kills < 5 {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
