@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS "walhook".deliveries (
     UNIQUE (event_seq, endpoint_id)
 );
 
-CREATE INDEX IF NOT EXISTS deliveries_due ON "walhook".deliveries (next_attempt_at, id)
+CREATE INDEX IF NOT EXISTS deliveries_due ON "walhook".deliveries (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'retrying');
 
 CREATE INDEX IF NOT EXISTS deliveries_record ON "walhook".deliveries (endpoint_id, record, event_seq)

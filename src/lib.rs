@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod embedded;
 pub mod event;
 pub mod ledger;
 pub mod metrics;

@@ -81,15 +81,17 @@ impl Ledger {
         Ok(())
     }
 
-    /// Lease up to `limit` due deliveries of the given (configured, enabled)
-    /// endpoints. With `per_record`, a delivery is due only when no earlier
-    /// event of the same record for the same endpoint is still open.
+    /// Lease due deliveries: at most `limits[i]` of endpoint `endpoints[i]`
+    /// (so one slow endpoint cannot take every slot), `total` in all. With
+    /// `per_record`, a delivery is due only when no earlier event of the same
+    /// record for the same endpoint is still open. Disabled endpoints get none.
     pub async fn claim(
         &self,
         client: &Client,
         owner: &str,
         endpoints: &[String],
-        limit: i64,
+        limits: &[i64],
+        total: i64,
         lease: Duration,
         per_record: bool,
     ) -> Result<Vec<Claimed>, LedgerError> {
@@ -104,17 +106,24 @@ impl Ledger {
             String::new()
         };
         let sql = format!(
-            "WITH cand AS (
-               SELECT d.id FROM {s}.deliveries d
-               WHERE d.status IN ('pending', 'retrying')
-                 AND d.next_attempt_at <= now()
-                 AND (d.lease_until IS NULL OR d.lease_until < now())
-                 AND d.endpoint_id = ANY($3)
-                 AND d.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
-                 {order_clause}
-               ORDER BY d.next_attempt_at, d.id
+            "WITH lim AS (
+               SELECT l.endpoint_id, l.n FROM unnest($3::text[], $5::int8[]) AS l(endpoint_id, n)
+               WHERE l.n > 0
+                 AND l.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
+             ), cand AS (
+               SELECT c.id FROM lim CROSS JOIN LATERAL (
+                 SELECT d.id, d.next_attempt_at FROM {s}.deliveries d
+                 WHERE d.endpoint_id = lim.endpoint_id
+                   AND d.status IN ('pending', 'retrying')
+                   AND d.next_attempt_at <= now()
+                   AND (d.lease_until IS NULL OR d.lease_until < now())
+                   {order_clause}
+                 ORDER BY d.next_attempt_at, d.id
+                 LIMIT lim.n
+                 FOR UPDATE OF d SKIP LOCKED
+               ) c
+               ORDER BY c.next_attempt_at, c.id
                LIMIT $1
-               FOR UPDATE OF d SKIP LOCKED
              )
              UPDATE {s}.deliveries d
                 SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
@@ -126,7 +135,7 @@ impl Ledger {
         let rows = client
             .query(
                 &sql,
-                &[&limit, &owner, &endpoints, &lease.as_secs_f64()],
+                &[&total, &owner, &endpoints, &lease.as_secs_f64(), &limits],
             )
             .await?;
         let mut out: Vec<Claimed> = rows
