@@ -14,10 +14,19 @@ use walhook::ledger;
 use walhook::source::setup;
 
 #[derive(Parser, Debug)]
-#[command(name = "walhook", version, about = "PostgreSQL row changes as signed webhooks")]
+#[command(
+    name = "walhook",
+    version,
+    about = "PostgreSQL row changes as signed webhooks"
+)]
 struct Cli {
     /// Config file.
-    #[arg(long, global = true, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALHOOK_CONFIG",
+        default_value = "walhook.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -78,7 +87,10 @@ fn init_tracing(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walhook: cannot start the async runtime: {e}");
@@ -151,7 +163,11 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                     "teardown drops the replication slot {} and publication {}{}; run again with --yes to confirm",
                     cfg.source.slot,
                     cfg.source.publication,
-                    if drop_ledger { " and the whole ledger" } else { "" }
+                    if drop_ledger {
+                        " and the whole ledger"
+                    } else {
+                        ""
+                    }
                 );
             }
             let client = ledger::connect_with_timeout(
@@ -192,7 +208,10 @@ async fn teardown(
                 .await?;
             out.push(format!("- replication slot {} dropped", cfg.source.slot));
         }
-        None => out.push(format!("= replication slot {} was not there", cfg.source.slot)),
+        None => out.push(format!(
+            "= replication slot {} was not there",
+            cfg.source.slot
+        )),
     }
     client
         .batch_execute(&format!(

@@ -48,7 +48,10 @@ async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str, lsn: &str, 
 }
 
 /// (verb, key) -> count, from the wal2json oracle slot.
-async fn oracle_changes(client: &tokio_postgres::Client, slot: &str) -> BTreeMap<(String, String), u32> {
+async fn oracle_changes(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> BTreeMap<(String, String), u32> {
     let rows = client
         .query(
             "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL, 'format-version', '2', 'add-tables', 'public.leads')",
@@ -148,7 +151,9 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
             &[&oracle],
         )
         .await
-        .expect("wal2json must be installed (scripts/install-deps.sh installs postgresql-15-wal2json)");
+        .expect(
+            "wal2json must be installed (scripts/install-deps.sh installs postgresql-15-wal2json)",
+        );
     let (_dir, path) = app::write_config(&text);
     let mut child = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
 
@@ -240,9 +245,11 @@ async fn standby_takes_over_within_ten_seconds() {
         .execute("INSERT INTO leads (id) VALUES ('after')", &[])
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "the standby to capture the new row", || async {
-        (app::event_count(&client).await >= 2).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the standby to capture the new row",
+        || async { (app::event_count(&client).await >= 2).then_some(()) },
+    )
     .await;
     let took = killed_at.elapsed();
     assert!(took < Duration::from_secs(10), "take-over took {took:?}");
@@ -250,6 +257,9 @@ async fn standby_takes_over_within_ten_seconds() {
         .await
         .expect("slot active again");
     assert_ne!(walsender_before, walsender_after);
-    assert!(second.try_wait().unwrap().is_none(), "the standby is still running");
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the standby is still running"
+    );
     kill9(&mut second);
 }

@@ -16,7 +16,7 @@ use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord, Outcome};
 use crate::dispatch::retry::{self, Decision};
 use crate::dispatch::sign;
-use crate::ledger::queue::{AttemptRow, Claimed, NextState, system_time_to_unix_ms};
+use crate::ledger::queue::{AttemptRow, ClaimRequest, Claimed, NextState, system_time_to_unix_ms};
 use crate::ledger::{self, Ledger, LedgerError, NewEvent};
 use crate::metrics::Metrics;
 
@@ -160,11 +160,13 @@ impl<'a> Dispatcher<'a> {
                     .claim(
                         &self.db,
                         self.owner,
-                        &self.endpoint_ids,
-                        &limits,
-                        free as i64,
-                        self.cfg.delivery.lease,
-                        per_record,
+                        &ClaimRequest {
+                            endpoints: &self.endpoint_ids,
+                            limits: &limits,
+                            total: free as i64,
+                            lease: self.cfg.delivery.lease,
+                            per_record,
+                        },
                     )
                     .await?;
                 claimed_any = !claimed.is_empty();

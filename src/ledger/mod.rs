@@ -270,11 +270,8 @@ impl Ledger {
             out.events = row.get::<_, i64>(0) as u64;
             out.deliveries = row.get::<_, i64>(1) as u64;
             if out.deliveries > 0 {
-                tx.execute(
-                    "SELECT pg_notify($1, '')",
-                    &[&notify_channel(&self.schema)],
-                )
-                .await?;
+                tx.execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
+                    .await?;
             }
         }
         if let Some((slot, lsn)) = progress {

@@ -23,6 +23,17 @@ pub struct Claimed {
     pub cycle_started_unix_ms: i64,
 }
 
+/// What to claim: per endpoint a limit, a total, the lease, the ordering.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub endpoints: &'a [String],
+    /// `limits[i]` deliveries at most for `endpoints[i]`.
+    pub limits: &'a [i64],
+    pub total: i64,
+    pub lease: Duration,
+    pub per_record: bool,
+}
+
 /// The new state of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextState {
@@ -89,12 +100,15 @@ impl Ledger {
         &self,
         client: &Client,
         owner: &str,
-        endpoints: &[String],
-        limits: &[i64],
-        total: i64,
-        lease: Duration,
-        per_record: bool,
+        req: &ClaimRequest<'_>,
     ) -> Result<Vec<Claimed>, LedgerError> {
+        let ClaimRequest {
+            endpoints,
+            limits,
+            total,
+            lease,
+            per_record,
+        } = *req;
         let s = self.q();
         let order_clause = if per_record {
             format!(
@@ -253,7 +267,12 @@ impl Ledger {
     }
 
     /// Give leases back without an attempt (graceful stop).
-    pub async fn release(&self, client: &Client, owner: &str, ids: &[i64]) -> Result<(), LedgerError> {
+    pub async fn release(
+        &self,
+        client: &Client,
+        owner: &str,
+        ids: &[i64],
+    ) -> Result<(), LedgerError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -288,7 +307,10 @@ impl Ledger {
             .await?;
         if n > 0 {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n > 0)
@@ -316,7 +338,10 @@ impl Ledger {
             .await?;
         if n > 0 {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n)
@@ -347,7 +372,10 @@ impl Ledger {
             .await?;
         if n > 0 && enabled {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n > 0)
