@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod dispatch;
+pub mod embedded;
 pub mod event;
 pub mod ledger;
 pub mod metrics;
