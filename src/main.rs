@@ -130,7 +130,7 @@ enum DeliveriesCommand {
     /// Put a delivery (or every failed one) back in the queue with a fresh retry cycle.
     Retry {
         /// The delivery id.
-        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        #[arg(conflicts_with = "all_failed")]
         id: Option<i64>,
         /// Every retrying and disabled delivery.
         #[arg(long)]
@@ -386,7 +386,9 @@ async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<
                     )
                 })?;
             } else {
-                let id = id.context("give a delivery id, or --all-failed")?;
+                let id = id.context(
+                    "give the id of the delivery to retry (`walhook deliveries list` shows them), or --all-failed [--endpoint E] to re-queue every retrying and disabled delivery",
+                )?;
                 let out = reports.retry(&client, id).await?;
                 print_out(json, &out, |o| {
                     format!(
