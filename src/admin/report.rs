@@ -152,7 +152,8 @@ pub struct SlotStatus {
     /// WAL the server retains for this slot beyond what walhook acknowledged.
     pub lag_bytes: Option<i64>,
     /// How far behind in time: 0 when caught up, the walsender's `flush_lag`
-    /// while streaming, else the time since the ledger last recorded progress.
+    /// while streaming (NULL there means caught up), else the time since the
+    /// ledger last recorded progress.
     pub lag_seconds: Option<f64>,
 }
 
@@ -341,16 +342,21 @@ fn scheme_name(s: SigningScheme) -> &'static str {
     }
 }
 
-/// The time lag of the slot (see [`SlotStatus::lag_seconds`]).
+/// The time lag of the slot (see [`SlotStatus::lag_seconds`]). While a
+/// walsender streams the slot, Postgres reports `flush_lag`, and NULL once
+/// the reader has caught up; an idle slot is behind by the time since the
+/// ledger last recorded progress.
 pub fn lag_seconds(
     lag_bytes: Option<i64>,
+    active: bool,
     flush_lag: Option<f64>,
     since_progress: Option<f64>,
 ) -> Option<f64> {
     match lag_bytes {
         None => None,
         Some(b) if b <= 0 => Some(0.0),
-        Some(_) => flush_lag.or(since_progress).map(|s| s.max(0.0)),
+        Some(_) if active => Some(flush_lag.unwrap_or(0.0).max(0.0)),
+        Some(_) => since_progress.map(|s| s.max(0.0)),
     }
 }
 
@@ -455,7 +461,7 @@ impl<'a> Reports<'a> {
                 since_progress = r.get(2);
             }
         }
-        out.lag_seconds = lag_seconds(out.lag_bytes, flush_lag, since_progress);
+        out.lag_seconds = lag_seconds(out.lag_bytes, out.active, flush_lag, since_progress);
         Ok(out)
     }
 
@@ -1086,11 +1092,12 @@ mod tests {
 
     #[test]
     fn lag_seconds_rules() {
-        assert_eq!(lag_seconds(None, Some(3.0), Some(4.0)), None);
-        assert_eq!(lag_seconds(Some(0), Some(3.0), Some(4.0)), Some(0.0));
-        assert_eq!(lag_seconds(Some(10), Some(3.0), Some(4.0)), Some(3.0));
-        assert_eq!(lag_seconds(Some(10), None, Some(4.0)), Some(4.0));
-        assert_eq!(lag_seconds(Some(10), None, None), None);
+        assert_eq!(lag_seconds(None, true, Some(3.0), Some(4.0)), None);
+        assert_eq!(lag_seconds(Some(0), false, Some(3.0), Some(4.0)), Some(0.0));
+        assert_eq!(lag_seconds(Some(10), true, Some(3.0), Some(4.0)), Some(3.0));
+        assert_eq!(lag_seconds(Some(10), true, None, Some(4.0)), Some(0.0));
+        assert_eq!(lag_seconds(Some(10), false, None, Some(4.0)), Some(4.0));
+        assert_eq!(lag_seconds(Some(10), false, None, None), None);
     }
 
     #[test]
