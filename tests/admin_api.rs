@@ -66,9 +66,11 @@ async fn token_guards_everything_but_health() {
     .await;
     wait_ready(&s).await;
     s.insert(&["t1"]).await;
-    wait_until(Duration::from_secs(20), "one succeeded delivery", || async {
-        (s.count("ok", "succeeded").await == 1).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "one succeeded delivery",
+        || async { (s.count("ok", "succeeded").await == 1).then_some(()) },
+    )
     .await;
     let id = s.delivery_id("ok", "succeeded").await;
 
@@ -88,12 +90,20 @@ async fn token_guards_everything_but_health() {
     ];
     for p in &paths {
         let resp = http().get(s.admin_url(p)).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "GET {p} without token");
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED,
+            "GET {p} without token"
+        );
         assert!(resp.headers().contains_key("www-authenticate"));
         let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
         assert_eq!(body["error"], 401);
         let (status, _) = send(http().get(s.admin_url(p)).bearer_auth("wrong-token")).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "GET {p} with a wrong token");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "GET {p} with a wrong token"
+        );
         let (status, body) = send(http().get(s.admin_url(p)).bearer_auth(ADMIN_TOKEN)).await;
         assert_eq!(status, StatusCode::OK, "GET {p} with the token: {body}");
     }
@@ -122,7 +132,10 @@ async fn token_guards_everything_but_health() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(csp.contains("script-src 'sha256-"), "{csp}");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let page = resp.text().await.unwrap();
@@ -166,7 +179,11 @@ async fn json_api_mirrors_the_cli() {
 
     let all = get_json(&s, "/api/deliveries").await;
     assert_eq!(all.as_array().unwrap().len(), 4);
-    let disabled = get_json(&s, "/api/deliveries?status=disabled&endpoint=bad&event=lead.create&since=1h").await;
+    let disabled = get_json(
+        &s,
+        "/api/deliveries?status=disabled&endpoint=bad&event=lead.create&since=1h",
+    )
+    .await;
     assert_eq!(disabled.as_array().unwrap().len(), 2);
     let any = get_json(&s, "/api/deliveries?status=&event=&endpoint=&since=").await;
     assert_eq!(any, all);
@@ -183,10 +200,20 @@ async fn json_api_mirrors_the_cli() {
     let by_event = get_json(&s, &format!("/api/deliveries/{}", urlencode(event_id))).await;
     assert_eq!(by_event.as_array().unwrap().len(), 2);
 
-    let (status, body) = send(http().get(s.admin_url("/api/deliveries/999999")).bearer_auth(ADMIN_TOKEN)).await;
+    let (status, body) = send(
+        http()
+            .get(s.admin_url("/api/deliveries/999999"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("no delivery with id 999999"), "{body}");
-    let (status, body) = send(http().get(s.admin_url("/api/deliveries?status=lost")).bearer_auth(ADMIN_TOKEN)).await;
+    let (status, body) = send(
+        http()
+            .get(s.admin_url("/api/deliveries?status=lost"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("not a delivery state"), "{body}");
     let (status, _) = post_json(&s, "/api/deliveries/abc/retry").await;
@@ -199,9 +226,11 @@ async fn json_api_mirrors_the_cli() {
     let (status, r) = post_json(&s, &format!("/api/deliveries/{id}/retry")).await;
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r["previous_status"], "disabled");
-    wait_until(Duration::from_secs(20), "a new attempt after the API retry", || async {
-        (s.attempts(id).await > before).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a new attempt after the API retry",
+        || async { (s.attempts(id).await > before).then_some(()) },
+    )
     .await;
     let (status, r) = post_json(&s, "/api/deliveries/retry-failed?endpoint=bad").await;
     assert_eq!(status, StatusCode::OK, "{r}");
@@ -217,14 +246,20 @@ async fn json_api_mirrors_the_cli() {
     assert_eq!(eps[0]["enabled"], false);
     assert_eq!(eps[0]["disabled_reason"], "disabled through the admin API");
     let (_, t) = post_json(&s, "/api/endpoints/ok/enable").await;
-    assert_eq!((t["enabled"].clone(), t["changed"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (t["enabled"].clone(), t["changed"].clone()),
+        (true.into(), true.into())
+    );
     let (status, _) = post_json(&s, "/api/endpoints/nope/enable").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, p) = post_json(&s, "/api/endpoints/ok/ping").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(p["ok"], true);
     let (_, p) = post_json(&s, "/api/endpoints/bad/ping").await;
-    assert_eq!((p["ok"].clone(), p["status_code"].clone()), (false.into(), 500.into()));
+    assert_eq!(
+        (p["ok"].clone(), p["status_code"].clone()),
+        (false.into(), 500.into())
+    );
 
     s.stop().await;
 }
@@ -259,52 +294,99 @@ async fn metrics_move_as_deliveries_happen() {
     .await;
     wait_ready(&s).await;
     let scrape = || async {
-        let (status, text) = send(http().get(s.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN)).await;
+        let (status, text) =
+            send(http().get(s.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN)).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         text
     };
     let before = scrape().await;
-    assert_eq!(sample(&before, "walhook_events_captured_total{event=\"lead.create\"}"), None);
-    assert_eq!(sample(&before, "walhook_attempt_duration_seconds_count"), Some(0.0));
+    assert_eq!(
+        sample(
+            &before,
+            "walhook_events_captured_total{event=\"lead.create\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        sample(&before, "walhook_attempt_duration_seconds_count"),
+        Some(0.0)
+    );
     assert_eq!(sample(&before, "walhook_streaming"), Some(1.0));
     assert_eq!(sample(&before, "walhook_ledger_up"), Some(1.0));
-    assert!(sample(&before, "walhook_replication_lag_bytes").is_some(), "{before}");
-    assert!(sample(&before, "walhook_replication_lag_seconds").is_some(), "{before}");
-    assert_eq!(sample(&before, "walhook_endpoint_enabled{endpoint=\"ok\"}"), Some(1.0));
+    assert!(
+        sample(&before, "walhook_replication_lag_bytes").is_some(),
+        "{before}"
+    );
+    assert!(
+        sample(&before, "walhook_replication_lag_seconds").is_some(),
+        "{before}"
+    );
     assert_eq!(
-        sample(&before, "walhook_deliveries_queued{endpoint=\"bad\",state=\"disabled\"}"),
+        sample(&before, "walhook_endpoint_enabled{endpoint=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &before,
+            "walhook_deliveries_queued{endpoint=\"bad\",state=\"disabled\"}"
+        ),
         Some(0.0)
     );
 
     s.insert(&["m1", "m2"]).await;
-    let text = wait_until(Duration::from_secs(30), "metrics after two deliveries", || async {
-        let t = scrape().await;
-        (sample(&t, "walhook_events_captured_total{event=\"lead.create\"}") == Some(2.0)
-            && sample(&t, "walhook_deliveries_total{endpoint=\"ok\",outcome=\"success\"}") == Some(2.0)
-            && sample(&t, "walhook_deliveries_total{endpoint=\"bad\",outcome=\"failure\"}")
+    let text = wait_until(
+        Duration::from_secs(30),
+        "metrics after two deliveries",
+        || async {
+            let t = scrape().await;
+            (sample(&t, "walhook_events_captured_total{event=\"lead.create\"}") == Some(2.0)
+                && sample(
+                    &t,
+                    "walhook_deliveries_total{endpoint=\"ok\",outcome=\"success\"}",
+                ) == Some(2.0)
+                && sample(
+                    &t,
+                    "walhook_deliveries_total{endpoint=\"bad\",outcome=\"failure\"}",
+                )
                 .is_some_and(|n| n >= 2.0))
-        .then_some(t)
-    })
+            .then_some(t)
+        },
+    )
     .await;
     let count = sample(&text, "walhook_attempt_duration_seconds_count").unwrap();
     assert!(count >= 4.0, "{text}");
-    assert_eq!(sample(&text, "walhook_attempt_duration_seconds_bucket{le=\"+Inf\"}"), Some(count));
+    assert_eq!(
+        sample(
+            &text,
+            "walhook_attempt_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(count)
+    );
 
     // Once `bad` gives up, the disabled gauge and outcome counter show it.
     s.wait_settled(2).await;
     let text = scrape().await;
     assert_eq!(
-        sample(&text, "walhook_deliveries_queued{endpoint=\"bad\",state=\"disabled\"}"),
+        sample(
+            &text,
+            "walhook_deliveries_queued{endpoint=\"bad\",state=\"disabled\"}"
+        ),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "walhook_deliveries_total{endpoint=\"bad\",outcome=\"disabled\"}"),
+        sample(
+            &text,
+            "walhook_deliveries_total{endpoint=\"bad\",outcome=\"disabled\"}"
+        ),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "walhook_deliveries_queued{endpoint=\"ok\",state=\"pending\"}"),
+        sample(
+            &text,
+            "walhook_deliveries_queued{endpoint=\"ok\",state=\"pending\"}"
+        ),
         Some(0.0)
     );
 
@@ -350,7 +432,10 @@ async fn readiness_follows_ledger_and_stream() {
     let (status, body) = send(http().get(format!("{base}/readyz"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["ledger"].clone(), v["streaming"].clone()), (true.into(), false.into()));
+    assert_eq!(
+        (v["ledger"].clone(), v["streaming"].clone()),
+        (true.into(), false.into())
+    );
     stop.cancel();
 
     // The database is gone: not ready, API answers 503 without internals, health still 200.
@@ -364,10 +449,23 @@ async fn readiness_follows_ledger_and_stream() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = send(http().get(format!("{base}/readyz"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, body) = send(http().get(format!("{base}/api/status")).bearer_auth(ADMIN_TOKEN)).await;
+    let (status, body) = send(
+        http()
+            .get(format!("{base}/api/status"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(!body.contains("127.0.0.1") && !body.contains("postgres"), "{body}");
-    let (status, body) = send(http().get(format!("{base}/metrics")).bearer_auth(ADMIN_TOKEN)).await;
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("postgres"),
+        "{body}"
+    );
+    let (status, body) = send(
+        http()
+            .get(format!("{base}/metrics"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("walhook_ledger_up 0\n"), "{body}");
     stop.cancel();

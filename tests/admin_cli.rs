@@ -70,7 +70,12 @@ async fn reports_and_actions() {
     assert_eq!(st["deliveries"]["total"], 6);
     assert_eq!(st["slot"]["exists"], true);
     assert!(st["slot"]["lag_bytes"].as_i64().is_some(), "{st:#}");
-    assert!(st["database"].as_str().unwrap().starts_with("postgres@127.0.0.1:"));
+    assert!(
+        st["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres@127.0.0.1:")
+    );
     let eps: Vec<&str> = st["endpoints"]
         .as_array()
         .unwrap()
@@ -82,28 +87,57 @@ async fn reports_and_actions() {
     assert_eq!(st["endpoints"][1]["deliveries"]["disabled"], 3);
     let human = ok(&s, &["status"]).await;
     assert!(human.contains("3 captured"), "{human}");
-    assert!(human.contains("0 pending, 0 retrying, 3 succeeded, 3 disabled"), "{human}");
+    assert!(
+        human.contains("0 pending, 0 retrying, 3 succeeded, 3 disabled"),
+        "{human}"
+    );
     assert!(human.contains("lead.update"), "{human}");
 
     // deliveries list and its filters
     let all = ok_json(&s, &["deliveries", "list", "--json"]).await;
     let all_ids = ids(&all);
     assert_eq!(all_ids.len(), 6);
-    assert!(all_ids.windows(2).all(|w| w[0] > w[1]), "newest first: {all_ids:?}");
-    let succeeded = ok_json(&s, &["deliveries", "list", "--status", "succeeded", "--json"]).await;
+    assert!(
+        all_ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {all_ids:?}"
+    );
+    let succeeded = ok_json(
+        &s,
+        &["deliveries", "list", "--status", "succeeded", "--json"],
+    )
+    .await;
     assert_eq!(ids(&succeeded).len(), 3);
-    assert!(succeeded.as_array().unwrap().iter().all(|d| d["endpoint"] == "ok"));
+    assert!(
+        succeeded
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["endpoint"] == "ok")
+    );
     let bad = ok_json(&s, &["deliveries", "list", "--endpoint", "bad", "--json"]).await;
     assert_eq!(ids(&bad).len(), 3);
-    assert!(bad.as_array().unwrap().iter().all(|d| d["status"] == "disabled"));
+    assert!(
+        bad.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "disabled")
+    );
     assert_eq!(bad[0]["last_status_code"], 500);
-    let updates = ok_json(&s, &["deliveries", "list", "--event", "lead.update", "--json"]).await;
+    let updates = ok_json(
+        &s,
+        &["deliveries", "list", "--event", "lead.update", "--json"],
+    )
+    .await;
     assert_eq!(ids(&updates).len(), 2);
     let wildcard = ok_json(&s, &["deliveries", "list", "--event", "lead.*", "--json"]).await;
     assert_eq!(ids(&wildcard).len(), 6);
     let recent = ok_json(&s, &["deliveries", "list", "--since", "1h", "--json"]).await;
     assert_eq!(ids(&recent).len(), 6);
-    let future = ok_json(&s, &["deliveries", "list", "--since", "2999-01-01", "--json"]).await;
+    let future = ok_json(
+        &s,
+        &["deliveries", "list", "--since", "2999-01-01", "--json"],
+    )
+    .await;
     assert_eq!(ids(&future).len(), 0);
     let two = ok_json(&s, &["deliveries", "list", "--limit", "2", "--json"]).await;
     assert_eq!(ids(&two), all_ids[..2]);
@@ -132,11 +166,17 @@ async fn reports_and_actions() {
             .starts_with("sha256=")
     );
     assert_eq!(a["request_headers"]["x-superleap-event-id"], d["event_id"]);
-    assert_eq!(d["body"]["after"]["id"], d["record"].as_str().unwrap().trim_start_matches("lead:"));
+    assert_eq!(
+        d["body"]["after"]["id"],
+        d["record"].as_str().unwrap().trim_start_matches("lead:")
+    );
     let human = ok(&s, &["deliveries", "show", &bad_id.to_string()]).await;
     assert!(human.contains("attempt 1"), "{human}");
     assert!(human.contains("HTTP 500"), "{human}");
-    assert!(human.contains("> x-superleap-signature: sha256="), "{human}");
+    assert!(
+        human.contains("> x-superleap-signature: sha256="),
+        "{human}"
+    );
     let event_id = d["event_id"].as_str().unwrap().to_string();
     let by_event = ok_json(&s, &["deliveries", "show", &event_id, "--json"]).await;
     let mut endpoints: Vec<&str> = by_event
@@ -152,22 +192,38 @@ async fn reports_and_actions() {
     let before = s.attempts(bad_id).await;
     let out = ok(&s, &["deliveries", "retry", &bad_id.to_string()]).await;
     assert!(out.contains("queued again"), "{out}");
-    wait_until(Duration::from_secs(20), "a new attempt of the retried delivery", || async {
-        (s.attempts(bad_id).await > before).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a new attempt of the retried delivery",
+        || async { (s.attempts(bad_id).await > before).then_some(()) },
+    )
     .await;
 
     // retry --all-failed for one endpoint
     let r = ok_json(
         &s,
-        &["deliveries", "retry", "--all-failed", "--endpoint", "bad", "--json"],
+        &[
+            "deliveries",
+            "retry",
+            "--all-failed",
+            "--endpoint",
+            "bad",
+            "--json",
+        ],
     )
     .await;
     assert!(r["requeued"].as_u64().unwrap() >= 2, "{r}");
     assert_eq!(r["endpoint"], "bad");
     let none_ok = ok_json(
         &s,
-        &["deliveries", "retry", "--all-failed", "--endpoint", "ok", "--json"],
+        &[
+            "deliveries",
+            "retry",
+            "--all-failed",
+            "--endpoint",
+            "ok",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(none_ok["requeued"], 0);
@@ -177,15 +233,26 @@ async fn reports_and_actions() {
     assert_eq!(eps[0]["id"], "ok");
     assert_eq!(eps[0]["enabled"], true);
     let target = eps[0]["target"].as_str().unwrap();
-    assert!(target.starts_with("http://127.0.0.1:") && !target.contains("hooks"), "{target}");
+    assert!(
+        target.starts_with("http://127.0.0.1:") && !target.contains("hooks"),
+        "{target}"
+    );
     assert_eq!(eps[0]["signing"][0], "superleap");
     let t = ok_json(&s, &["endpoints", "disable", "ok", "--json"]).await;
-    assert_eq!((t["enabled"].clone(), t["changed"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (t["enabled"].clone(), t["changed"].clone()),
+        (false.into(), true.into())
+    );
     let again = ok(&s, &["endpoints", "disable", "ok"]).await;
     assert!(again.contains("already disabled"), "{again}");
     let eps = ok_json(&s, &["endpoints", "list", "--json"]).await;
     assert_eq!(eps[0]["enabled"], false);
-    assert!(eps[0]["disabled_reason"].as_str().unwrap().contains("by hand"));
+    assert!(
+        eps[0]["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("by hand")
+    );
     let list = ok(&s, &["endpoints", "list"]).await;
     assert!(list.contains("DISABLED"), "{list}");
     let out = ok(&s, &["endpoints", "enable", "ok"]).await;
@@ -196,7 +263,9 @@ async fn reports_and_actions() {
     let seen = s.ok.requests().len();
     let out = ok(&s, &["endpoints", "ping", "ok"]).await;
     assert!(out.starts_with("✓ ping to ok"), "{out}");
-    let reqs = s.ok.wait_for_requests(seen + 1, Duration::from_secs(5)).await;
+    let reqs =
+        s.ok.wait_for_requests(seen + 1, Duration::from_secs(5))
+            .await;
     let ping = reqs
         .iter()
         .rev()
@@ -212,11 +281,23 @@ async fn reports_and_actions() {
         ping.header("x-superleap-signature").unwrap(),
         format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
     );
-    assert!(ping.header("x-superleap-event-id").unwrap().contains(":walhook.ping:"));
+    assert!(
+        ping.header("x-superleap-event-id")
+            .unwrap()
+            .contains(":walhook.ping:")
+    );
     assert_eq!(app::event_count(&s.client).await, events_before);
     let p = ok_json(&s, &["endpoints", "ping", "ok", "--json"]).await;
-    assert_eq!((p["ok"].clone(), p["status_code"].clone()), (true.into(), 200.into()));
-    let err = fails(&s.config, &["endpoints", "ping", "bad"], "did not accept the ping").await;
+    assert_eq!(
+        (p["ok"].clone(), p["status_code"].clone()),
+        (true.into(), 200.into())
+    );
+    let err = fails(
+        &s.config,
+        &["endpoints", "ping", "bad"],
+        "did not accept the ping",
+    )
+    .await;
     assert!(err.contains("HTTP 500"), "{err}");
 
     s.stop().await;
@@ -234,21 +315,44 @@ async fn error_paths_are_actionable() {
     .await;
     // Before setup: the ledger is missing.
     let err = fails(&s.config, &["status"], "walhook setup").await;
-    assert!(err.contains("ledger schema walhook does not exist"), "{err}");
+    assert!(
+        err.contains("ledger schema walhook does not exist"),
+        "{err}"
+    );
     fails(&s.config, &["deliveries", "list"], "walhook setup").await;
 
     app::setup(&app::parse(&s.text)).await;
     let c = &s.config;
-    fails(c, &["deliveries", "show", "424242"], "no delivery with id 424242").await;
+    fails(
+        c,
+        &["deliveries", "show", "424242"],
+        "no delivery with id 424242",
+    )
+    .await;
     fails(
         c,
         &["deliveries", "show", "app:lead:1:x:lead.create:zzzzzzzz"],
         "no event with id",
     )
     .await;
-    fails(c, &["deliveries", "retry", "424242"], "no delivery with id 424242").await;
-    fails(c, &["deliveries", "list", "--status", "lost"], "not a delivery state").await;
-    fails(c, &["deliveries", "list", "--since", "yesterday"], "RFC 3339").await;
+    fails(
+        c,
+        &["deliveries", "retry", "424242"],
+        "no delivery with id 424242",
+    )
+    .await;
+    fails(
+        c,
+        &["deliveries", "list", "--status", "lost"],
+        "not a delivery state",
+    )
+    .await;
+    fails(
+        c,
+        &["deliveries", "list", "--since", "yesterday"],
+        "RFC 3339",
+    )
+    .await;
     fails(c, &["deliveries", "list", "--limit", "0"], "out of range").await;
     fails(c, &["deliveries", "retry"], "--all-failed").await;
     fails(
@@ -257,7 +361,12 @@ async fn error_paths_are_actionable() {
         "unknown endpoint `nope`",
     )
     .await;
-    let err = fails(c, &["endpoints", "enable", "nope"], "unknown endpoint `nope`").await;
+    let err = fails(
+        c,
+        &["endpoints", "enable", "nope"],
+        "unknown endpoint `nope`",
+    )
+    .await;
     assert!(err.contains("`ok`, `bad`"), "{err}");
     fails(c, &["endpoints", "disable", "nope"], "unknown endpoint").await;
     fails(c, &["endpoints", "ping", "nope"], "unknown endpoint").await;
@@ -266,7 +375,10 @@ async fn error_paths_are_actionable() {
     let port = admin_support::free_port();
     let text = s
         .text
-        .replace(&format!("127.0.0.1:{}", s.db.cluster().port()), &format!("127.0.0.1:{port}"))
+        .replace(
+            &format!("127.0.0.1:{}", s.db.cluster().port()),
+            &format!("127.0.0.1:{port}"),
+        )
         .replace("connect_timeout = \"5s\"", "connect_timeout = \"1s\"");
     assert_ne!(text, s.text);
     let (_dir, unreachable) = app::write_config(&text);
@@ -308,7 +420,10 @@ async fn check_explains_what_to_do() {
     let lines: Vec<&str> = out.lines().collect();
     for (i, l) in lines.iter().enumerate() {
         if l.starts_with('✗') {
-            assert!(lines[i + 1].trim_start().starts_with("→ "), "no hint after {l:?}:\n{out}");
+            assert!(
+                lines[i + 1].trim_start().starts_with("→ "),
+                "no hint after {l:?}:\n{out}"
+            );
         }
     }
     let (success, json, _) = cli(c, &["check", "--json"]).await;
@@ -360,18 +475,27 @@ async fn check_explains_what_to_do() {
     let (_d1, limited) = app::write_config(&limited);
     let (success, out, _) = cli(&limited, &["check"]).await;
     assert!(!success);
-    assert!(out.contains(&format!("✗ privileges: role {role} lacks the REPLICATION attribute and CREATE on database")), "{out}");
-    assert!(out.contains(&format!("ALTER ROLE \"{role}\" REPLICATION;")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "✗ privileges: role {role} lacks the REPLICATION attribute and CREATE on database"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ALTER ROLE \"{role}\" REPLICATION;")),
+        "{out}"
+    );
 
     // An endpoint whose host does not resolve.
-    let unresolvable = s.text.replacen(
-        s.bad.url(),
-        "https://walhook-check.invalid/",
-        1,
-    );
+    let unresolvable = s
+        .text
+        .replacen(s.bad.url(), "https://walhook-check.invalid/", 1);
     let (_d2, unresolvable) = app::write_config(&unresolvable);
     let (_, out, _) = cli(&unresolvable, &["check"]).await;
-    assert!(out.contains("✗ endpoint bad: walhook-check.invalid does not resolve"), "{out}");
+    assert!(
+        out.contains("✗ endpoint bad: walhook-check.invalid does not resolve"),
+        "{out}"
+    );
 
     // A config the loader rejects: one failed check, no database contact.
     let (_d3, broken) = app::write_config(&format!("{}\n[surprise]\nkey = 1\n", s.text));

@@ -895,7 +895,10 @@ mod tests {
         let csp = page_csp("<html><script>let a = 1;</script></html>");
         let want = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"let a = 1;"));
         assert!(csp.contains(&format!("'sha256-{want}'")), "{csp}");
-        let script_src = csp.split("; ").find(|d| d.starts_with("script-src")).unwrap();
+        let script_src = csp
+            .split("; ")
+            .find(|d| d.starts_with("script-src"))
+            .unwrap();
         assert!(!script_src.contains("unsafe"), "{csp}");
         // The real page has exactly one inline script, so the hash covers all of it.
         assert_eq!(PAGE.matches("<script>").count(), 1);

@@ -87,15 +87,22 @@ pub fn config(db: &TestDb, ok: &Receiver, bad: &Receiver, admin: &str) -> String
     let url_with_password = db
         .url
         .replacen("postgres@", &format!("postgres:{DB_PASSWORD}@"), 1);
-    assert_ne!(url_with_password, db.url, "test database URL has the expected shape");
+    assert_ne!(
+        url_with_password, db.url,
+        "test database URL has the expected shape"
+    );
     let endpoints = format!(
         "[[endpoints]]\nid = \"ok\"\nurl = \"{}hooks/ok?key={URL_KEY}\"\nsecret = \"{ENDPOINT_SECRET}\"\ntimeout = \"2s\"\n\n\
          [[endpoints]]\nid = \"bad\"\nurl = \"{}hooks/bad\"\nsecret = \"{ENDPOINT_SECRET}\"\ntimeout = \"2s\"\n",
         ok.url(),
         bad.url()
     );
-    app::config_text(db, OBJECTS, &format!("{endpoints}\n{FAST_RETRY}\n{admin}\n"))
-        .replace(&db.url, &url_with_password)
+    app::config_text(
+        db,
+        OBJECTS,
+        &format!("{endpoints}\n{FAST_RETRY}\n{admin}\n"),
+    )
+    .replace(&db.url, &url_with_password)
 }
 
 impl Scenario {
@@ -181,7 +188,8 @@ impl Scenario {
             Duration::from_secs(40),
             &format!("{n} succeeded deliveries to ok and {n} disabled ones to bad"),
             || async {
-                (self.count("ok", "succeeded").await == n && self.count("bad", "disabled").await == n)
+                (self.count("ok", "succeeded").await == n
+                    && self.count("bad", "disabled").await == n)
                     .then_some(())
             },
         )
