@@ -10,5 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod embedded;
 pub mod event;
 pub mod source;
