@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs walhook's whole test suite on this machine: installs missing system
+# packages (scripts/install-deps.sh), then unit, integration and doc tests.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test embedded`
+# or `scripts/test.sh -- --nocapture`; the doc tests run only without them.
+# Exits with cargo's status.
+#
+# Each test binary's PostgreSQL clusters are stopped and deleted by their
+# watchdogs when the binary exits, even after a crash or Ctrl-C, so there is
+# nothing to clean up here.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+cargo test --all-targets --locked "$@"
+if [ $# -eq 0 ]; then
+  exec cargo test --doc --locked
+fi
