@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs walhook's whole test suite on this machine: installs missing system
 # packages (scripts/install-deps.sh), then unit, integration and doc tests.
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test embedded`
-# or `scripts/test.sh -- --nocapture`; the doc tests run only without them.
+# Extra arguments go to `cargo test`, e.g. a test name filter and test
+# harness flags: `scripts/test.sh hard_kill -- --nocapture`. The doc tests
+# run only when no arguments are given.
 # Exits with cargo's status.
 #
 # Each test binary's PostgreSQL clusters are stopped and deleted by their
