@@ -294,6 +294,9 @@ impl Config {
                 if let Some((slug, _)) = filter.split_once('.')
                     && slug != "*"
                     && !slugs.contains(&slug)
+                    && !SYSTEM_EVENTS
+                        .iter()
+                        .any(|e| e.starts_with(&format!("{slug}.")))
                 {
                     let known = slugs.join(", ");
                     out.push(format!(
@@ -985,7 +988,7 @@ impl Resolver<'_> {
             if !is_event_filter(filter) {
                 return Err(self.invalid(
                     &events_key,
-                    format!("invalid event filter {filter:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete) or \"slug.create\""),
+                    format!("invalid event filter {filter:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete), \"slug.create\", or one of walhook's own events \"endpoint.disabled\", \"walhook.ping\""),
                 ));
             }
         }
@@ -1374,8 +1377,11 @@ fn is_endpoint_id(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Events walhook emits itself, besides the row events of mapped tables.
+pub const SYSTEM_EVENTS: [&str; 2] = ["endpoint.disabled", "walhook.ping"];
+
 fn is_event_filter(f: &str) -> bool {
-    if f == "*" {
+    if f == "*" || SYSTEM_EVENTS.contains(&f) {
         return true;
     }
     let Some((slug, verb)) = f.split_once('.') else {
