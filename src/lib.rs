@@ -10,9 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod event;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod source;
 
@@ -69,21 +71,21 @@ pub enum RunError {
 
 /// Pre-flight checks shared by `run` (fail fast with a clear message).
 pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
-    let client = ledger::connect_with_timeout(
-        &cfg.source.url,
-        "walhook",
-        cfg.source.connect_timeout,
-    )
-    .await
-    .map_err(|source| RunError::Unreachable {
-        timeout: cfg.source.connect_timeout,
-        source,
-    })?;
+    let client =
+        ledger::connect_with_timeout(&cfg.source.url, "walhook", cfg.source.connect_timeout)
+            .await
+            .map_err(|source| RunError::Unreachable {
+                timeout: cfg.source.connect_timeout,
+                source,
+            })?;
     setup::check_wal_level(&client).await?;
     Ledger::new(&cfg.ledger.schema)
         .ensure_exists(&client)
         .await?;
-    if setup::slot_plugin(&client, &cfg.source.slot).await?.is_none() {
+    if setup::slot_plugin(&client, &cfg.source.slot)
+        .await?
+        .is_none()
+    {
         return Err(RunError::NoSlot(cfg.source.slot.clone()));
     }
     Ok(())
