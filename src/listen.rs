@@ -331,12 +331,12 @@ pub fn describe_checks(checks: &[Check], signature_header: &str) -> Vec<String> 
         .map(|c| {
             let name = scheme_name(c.scheme);
             match &c.verdict {
-                Verdict::Valid { secret } => format!("✓ {name:<17} verified (secret {secret})"),
-                Verdict::Invalid(why) => format!("✗ {name:<17} INVALID: {why}"),
+                Verdict::Valid { secret } => format!("✓ {name:<18} verified (secret {secret})"),
+                Verdict::Invalid(why) => format!("✗ {name:<18} INVALID: {why}"),
                 Verdict::Missing => {
-                    format!("✗ {name:<17} MISSING: the request carries no such signature")
+                    format!("✗ {name:<18} MISSING: the request carries no such signature")
                 }
-                Verdict::Unverifiable(why) => format!("? {name:<17} not checked: {why}"),
+                Verdict::Unverifiable(why) => format!("? {name:<18} not checked: {why}"),
             }
         })
         .collect()
