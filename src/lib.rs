@@ -12,6 +12,7 @@
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod embedded;
 pub mod event;
 pub mod ledger;
 pub mod listen;

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     // The demo and listen print a readable stream on stdout: keep logs quiet.
     let default_filter = match cli.command {
         Command::Demo | Command::Listen { .. } => "warn",
-        _ => "info",
+        _ => "info,tokio_postgres=warn",
     };
     init_tracing(cli.log_format, default_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()

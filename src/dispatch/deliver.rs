@@ -16,7 +16,7 @@ use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord, Outcome};
 use crate::dispatch::retry::{self, Decision};
 use crate::dispatch::sign;
-use crate::ledger::queue::{AttemptRow, Claimed, NextState, system_time_to_unix_ms};
+use crate::ledger::queue::{AttemptRow, ClaimRequest, Claimed, NextState, system_time_to_unix_ms};
 use crate::ledger::{self, Ledger, LedgerError, NewEvent};
 use crate::metrics::Metrics;
 
@@ -126,6 +126,10 @@ impl<'a> Dispatcher<'a> {
     ) -> Result<(), DispatchError> {
         let max = self.cfg.delivery.max_in_flight;
         let per_record = self.cfg.delivery.ordering == Ordering::PerRecord;
+        // Each endpoint gets a fair share of the slots, so one that hangs
+        // until its timeout cannot hold back the others.
+        let per_endpoint = (max / self.endpoint_ids.len().max(1)).max(1);
+        let mut by_endpoint: HashMap<String, usize> = HashMap::new();
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut done: Vec<Done> = Vec::new();
         loop {
@@ -143,19 +147,31 @@ impl<'a> Dispatcher<'a> {
             let free = max.saturating_sub(inflight.len());
             let mut claimed_any = false;
             if free > 0 {
+                let limits: Vec<i64> = self
+                    .endpoint_ids
+                    .iter()
+                    .map(|id| {
+                        let used = by_endpoint.get(id).copied().unwrap_or(0);
+                        per_endpoint.saturating_sub(used) as i64
+                    })
+                    .collect();
                 let claimed = self
                     .ledger
                     .claim(
                         &self.db,
                         self.owner,
-                        &self.endpoint_ids,
-                        free as i64,
-                        self.cfg.delivery.lease,
-                        per_record,
+                        &ClaimRequest {
+                            endpoints: &self.endpoint_ids,
+                            limits: &limits,
+                            total: free as i64,
+                            lease: self.cfg.delivery.lease,
+                            per_record,
+                        },
                     )
                     .await?;
                 claimed_any = !claimed.is_empty();
                 for c in claimed {
+                    *by_endpoint.entry(c.endpoint_id.clone()).or_default() += 1;
                     self.spawn(&mut inflight, c);
                 }
             }
@@ -166,6 +182,11 @@ impl<'a> Dispatcher<'a> {
                 }
             }
             if !done.is_empty() {
+                for d in &done {
+                    if let Some(n) = by_endpoint.get_mut(&d.claimed.endpoint_id) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
                 self.record(&mut done).await?;
                 continue;
             }

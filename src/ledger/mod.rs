@@ -79,6 +79,12 @@ pub async fn connect(url: &Secret, application_name: &str) -> Result<Client, Led
         .parse()
         .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
     cfg.application_name(application_name);
+    // Idempotent DDL (`IF NOT EXISTS`) would otherwise fill the log with NOTICEs.
+    let options = format!(
+        "{} -c client_min_messages=warning",
+        cfg.get_options().unwrap_or_default()
+    );
+    cfg.options(options.trim());
     cfg.connect_timeout(Duration::from_secs(10));
     let (client, conn) = cfg
         .connect(NoTls)
@@ -264,11 +270,8 @@ impl Ledger {
             out.events = row.get::<_, i64>(0) as u64;
             out.deliveries = row.get::<_, i64>(1) as u64;
             if out.deliveries > 0 {
-                tx.execute(
-                    "SELECT pg_notify($1, '')",
-                    &[&notify_channel(&self.schema)],
-                )
-                .await?;
+                tx.execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
+                    .await?;
             }
         }
         if let Some((slot, lsn)) = progress {

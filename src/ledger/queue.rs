@@ -23,6 +23,17 @@ pub struct Claimed {
     pub cycle_started_unix_ms: i64,
 }
 
+/// What to claim: per endpoint a limit, a total, the lease, the ordering.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub endpoints: &'a [String],
+    /// `limits[i]` deliveries at most for `endpoints[i]`.
+    pub limits: &'a [i64],
+    pub total: i64,
+    pub lease: Duration,
+    pub per_record: bool,
+}
+
 /// The new state of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextState {
@@ -81,18 +92,23 @@ impl Ledger {
         Ok(())
     }
 
-    /// Lease up to `limit` due deliveries of the given (configured, enabled)
-    /// endpoints. With `per_record`, a delivery is due only when no earlier
-    /// event of the same record for the same endpoint is still open.
+    /// Lease due deliveries: at most `limits[i]` of endpoint `endpoints[i]`
+    /// (so one slow endpoint cannot take every slot), `total` in all. With
+    /// `per_record`, a delivery is due only when no earlier event of the same
+    /// record for the same endpoint is still open. Disabled endpoints get none.
     pub async fn claim(
         &self,
         client: &Client,
         owner: &str,
-        endpoints: &[String],
-        limit: i64,
-        lease: Duration,
-        per_record: bool,
+        req: &ClaimRequest<'_>,
     ) -> Result<Vec<Claimed>, LedgerError> {
+        let ClaimRequest {
+            endpoints,
+            limits,
+            total,
+            lease,
+            per_record,
+        } = *req;
         let s = self.q();
         let order_clause = if per_record {
             format!(
@@ -104,17 +120,24 @@ impl Ledger {
             String::new()
         };
         let sql = format!(
-            "WITH cand AS (
-               SELECT d.id FROM {s}.deliveries d
-               WHERE d.status IN ('pending', 'retrying')
-                 AND d.next_attempt_at <= now()
-                 AND (d.lease_until IS NULL OR d.lease_until < now())
-                 AND d.endpoint_id = ANY($3)
-                 AND d.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
-                 {order_clause}
-               ORDER BY d.next_attempt_at, d.id
+            "WITH lim AS (
+               SELECT l.endpoint_id, l.n FROM unnest($3::text[], $5::int8[]) AS l(endpoint_id, n)
+               WHERE l.n > 0
+                 AND l.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
+             ), cand AS (
+               SELECT c.id FROM lim CROSS JOIN LATERAL (
+                 SELECT d.id, d.next_attempt_at FROM {s}.deliveries d
+                 WHERE d.endpoint_id = lim.endpoint_id
+                   AND d.status IN ('pending', 'retrying')
+                   AND d.next_attempt_at <= now()
+                   AND (d.lease_until IS NULL OR d.lease_until < now())
+                   {order_clause}
+                 ORDER BY d.next_attempt_at, d.id
+                 LIMIT lim.n
+                 FOR UPDATE OF d SKIP LOCKED
+               ) c
+               ORDER BY c.next_attempt_at, c.id
                LIMIT $1
-               FOR UPDATE OF d SKIP LOCKED
              )
              UPDATE {s}.deliveries d
                 SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
@@ -126,7 +149,7 @@ impl Ledger {
         let rows = client
             .query(
                 &sql,
-                &[&limit, &owner, &endpoints, &lease.as_secs_f64()],
+                &[&total, &owner, &endpoints, &lease.as_secs_f64(), &limits],
             )
             .await?;
         let mut out: Vec<Claimed> = rows
@@ -244,7 +267,12 @@ impl Ledger {
     }
 
     /// Give leases back without an attempt (graceful stop).
-    pub async fn release(&self, client: &Client, owner: &str, ids: &[i64]) -> Result<(), LedgerError> {
+    pub async fn release(
+        &self,
+        client: &Client,
+        owner: &str,
+        ids: &[i64],
+    ) -> Result<(), LedgerError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -279,7 +307,10 @@ impl Ledger {
             .await?;
         if n > 0 {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n > 0)
@@ -307,7 +338,10 @@ impl Ledger {
             .await?;
         if n > 0 {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n)
@@ -338,7 +372,10 @@ impl Ledger {
             .await?;
         if n > 0 && enabled {
             client
-                .execute("SELECT pg_notify($1, '')", &[&super::notify_channel(self.schema())])
+                .execute(
+                    "SELECT pg_notify($1, '')",
+                    &[&super::notify_channel(self.schema())],
+                )
                 .await?;
         }
         Ok(n > 0)

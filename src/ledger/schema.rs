@@ -74,7 +74,7 @@ pub fn ddl(schema: &str) -> Vec<String> {
 )"
         ),
         format!(
-            "CREATE INDEX IF NOT EXISTS deliveries_due ON {s}.deliveries (next_attempt_at, id)
+            "CREATE INDEX IF NOT EXISTS deliveries_due ON {s}.deliveries (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'retrying')"
         ),
         format!(

@@ -65,7 +65,9 @@ impl CaptureError {
         } else if text.contains("28P01") || text.contains("28000") {
             Some("authentication failed: check the database URL and the role's password")
         } else if text.contains("42501") {
-            Some("permission denied: the role needs the REPLICATION attribute (see sql/00-role.sql)")
+            Some(
+                "permission denied: the role needs the REPLICATION attribute (see sql/00-role.sql)",
+            )
         } else {
             None
         }
@@ -158,7 +160,9 @@ pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: Cancellation
                 standing_by = false;
                 match e.hint() {
                     Some(hint) => tracing::error!(error = %e, hint, "capture stopped; retrying"),
-                    None => tracing::warn!(error = %e, retry_in = ?backoff, "capture session ended; reconnecting"),
+                    None => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "capture session ended; reconnecting")
+                    }
                 }
             }
         }
@@ -206,7 +210,8 @@ impl<'a> Session<'a> {
     ) -> Result<(), CaptureError> {
         let db = ledger::connect(&cfg.source.url, "walhook capture").await?;
         let ledger = Ledger::new(&cfg.ledger.schema);
-        let mut client = ReplicationClient::connect(replication_config(&cfg.source.url, cfg)?).await?;
+        let mut client =
+            ReplicationClient::connect(replication_config(&cfg.source.url, cfg)?).await?;
         client.wait_started().await?;
         tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
         metrics.set_streaming(true);
@@ -372,7 +377,7 @@ impl<'a> Session<'a> {
                 .cfg
                 .endpoints
                 .iter()
-                .filter(|ep| crate::dispatch::filter::subscribed(&ep.events, &event.name))
+                .filter(|ep| ep.subscribes_to(&event.name))
                 .map(|ep| ep.id.clone())
                 .collect();
             self.pending.push(NewEvent {
@@ -488,8 +493,7 @@ impl<'a> Session<'a> {
     async fn stop(&mut self, client: &mut ReplicationClient) {
         let deadline = tokio::time::Instant::now() + self.cfg.source.status_interval * 3;
         let m = client.metrics();
-        while m.last_applied_lsn().as_u64() < self.acked && tokio::time::Instant::now() < deadline
-        {
+        while m.last_applied_lsn().as_u64() < self.acked && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Err(e) = client.shutdown().await {

@@ -72,7 +72,10 @@ pub struct Step {
 /// The SQL a DBA can run by hand for this config (what `--print-sql` prints).
 pub fn plan_sql(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    out.push("-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)".into());
+    out.push(
+        "-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)"
+            .into(),
+    );
     for stmt in ledger::schema::ddl(&cfg.ledger.schema) {
         out.push(format!("{stmt};"));
     }
@@ -83,7 +86,10 @@ pub fn plan_sql(cfg: &Config) -> Vec<String> {
     ));
     if cfg.source.replica_identity == ReplicaIdentity::Full {
         for o in &cfg.objects {
-            out.push(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", o.qualified_sql()));
+            out.push(format!(
+                "ALTER TABLE {} REPLICA IDENTITY FULL;",
+                o.qualified_sql()
+            ));
         }
     }
     out.push(format!(
@@ -144,7 +150,10 @@ pub async fn publication_tables(
     publication: &str,
 ) -> Result<Option<Vec<(String, String)>>, SetupError> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(db_err("look up the publication"))?;
     if exists.is_none() {
@@ -193,7 +202,10 @@ pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError>
     });
     check_tables(client, cfg).await?;
     steps.push(Step {
-        what: format!("{} mapped table(s) exist and have primary keys", cfg.objects.len()),
+        what: format!(
+            "{} mapped table(s) exist and have primary keys",
+            cfg.objects.len()
+        ),
         changed: false,
     });
 

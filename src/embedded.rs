@@ -1,0 +1,787 @@
+//! A throwaway PostgreSQL cluster for `walhook demo` and the integration tests.
+//!
+//! [`TempCluster`] runs `initdb` into a fresh directory under the system temp
+//! dir, configures it for logical replication on a free loopback port and
+//! starts it with `pg_ctl`. Dropping it (or [`TempCluster::shutdown`]) stops
+//! the server and deletes the directory.
+//!
+//! Cleanup also happens when the owning process dies without running
+//! destructors (a `static`, `kill -9`, Ctrl-C in the demo): every cluster has a
+//! small watchdog shell holding the read end of a pipe whose write end only
+//! this process holds. When the process exits for any reason the kernel closes
+//! the pipe, the watchdog sees end-of-file, stops the server and removes the
+//! directory. No polling, no signal handlers.
+//!
+//! All methods block (they run `initdb`, `pg_ctl` and `psql` as child
+//! processes, which takes up to a few seconds for `start`). From async code,
+//! call them through `tokio::task::spawn_blocking` when the runtime must keep
+//! serving other tasks meanwhile.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Environment variable naming the directory that holds `initdb`, `pg_ctl`
+/// and `postgres`; it wins over every other place.
+pub const PG_BIN_ENV: &str = "WALHOOK_PG_BIN";
+
+/// The superuser `initdb` creates; connections need no password (trust).
+pub const SUPERUSER: &str = "postgres";
+
+/// What the user should do when no PostgreSQL server programs are found.
+const INSTALL_HINT: &str = "install them with `apt-get install postgresql-15` on Debian/Ubuntu \
+     (any PostgreSQL >= 14 server package works elsewhere), or set WALHOOK_PG_BIN to the \
+     directory that holds them";
+
+/// Server programs a cluster cannot run without.
+const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
+
+/// How many fresh ports `start` tries when another process grabbed the free
+/// port between our probe and the server's bind.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Log lines quoted in a start error.
+const LOG_TAIL_LINES: usize = 30;
+
+/// Why a throwaway cluster could not be created, started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// No directory holds `initdb`, `pg_ctl` and `postgres`.
+    #[error("PostgreSQL server programs (initdb, pg_ctl, postgres) not found ({searched}): {hint}", hint = INSTALL_HINT)]
+    NotInstalled {
+        /// The places that were searched, for the message.
+        searched: String,
+    },
+    /// `WALHOOK_PG_BIN` is set but lacks a server program.
+    #[error("{PG_BIN_ENV}={dir} does not contain `{program}`: {hint}", dir = dir.display(), hint = INSTALL_HINT)]
+    BadPgBin {
+        /// The directory named by the variable.
+        dir: PathBuf,
+        /// The first missing program.
+        program: &'static str,
+    },
+    /// Running as root, and neither `postgres` nor `nobody` exists to run the
+    /// server as (PostgreSQL refuses to run as root).
+    #[error(
+        "running as root but found no unprivileged user (`postgres` or `nobody`) to run PostgreSQL as"
+    )]
+    NoUnprivilegedUser,
+    /// A file-system or process-spawning operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PostgreSQL program ran but reported failure.
+    #[error("`{program}` failed ({status}): {output}")]
+    Command {
+        /// The program and its main arguments.
+        program: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr and stdout.
+        output: String,
+    },
+    /// The server did not come up; `log_tail` is the end of its log.
+    #[error("PostgreSQL did not start: {reason}\n--- last lines of {log} ---\n{log_tail}", log = log.display())]
+    Start {
+        /// `pg_ctl`'s own message.
+        reason: String,
+        /// The server log file.
+        log: PathBuf,
+        /// Its last lines.
+        log_tail: String,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
+    let context = context.into();
+    move |source| EmbeddedError::Io { context, source }
+}
+
+/// Options for [`TempCluster::start_with`]. The default is what
+/// [`TempCluster::start`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    extra_conf: Vec<String>,
+}
+
+impl ClusterOptions {
+    /// Same as `ClusterOptions::default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a `postgresql.conf` line after walhook's own settings, so it
+    /// overrides them (e.g. `wal_level=replica` for a negative test).
+    pub fn conf(mut self, line: impl Into<String>) -> Self {
+        self.extra_conf.push(line.into());
+        self
+    }
+}
+
+/// A running PostgreSQL cluster in its own temporary directory, reachable at
+/// `127.0.0.1:`[`port`](Self::port) as superuser `postgres` without a password
+/// (also for replication connections), with `wal_level=logical`.
+///
+/// It promises to leave nothing behind: dropping it, calling
+/// [`shutdown`](Self::shutdown), or the death of the process for any reason
+/// stops the server and deletes the directory. When the process runs as root,
+/// the server runs as the `postgres` system user (or `nobody`).
+#[derive(Debug)]
+pub struct TempCluster {
+    bin_dir: PathBuf,
+    base: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    /// uid/gid the server programs run as; `None` means as ourselves.
+    run_as: Option<(u32, u32)>,
+    /// Holds the write end of the watchdog's stdin; see the module docs.
+    watchdog: Option<Child>,
+    finished: bool,
+}
+
+impl TempCluster {
+    /// Starts a cluster with the default settings. Blocks for a second or two.
+    pub fn start() -> Result<Self, EmbeddedError> {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// Starts a cluster, appending `opts`' extra configuration lines.
+    pub fn start_with(opts: ClusterOptions) -> Result<Self, EmbeddedError> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = if effective_uid()? == 0 {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
+        let base = make_unique_dir()?;
+        let mut cluster = TempCluster {
+            data: base.join("data"),
+            socket_dir: base.join("sock"),
+            log: base.join("postgres.log"),
+            base,
+            bin_dir,
+            port: 0,
+            run_as,
+            watchdog: None,
+            finished: false,
+        };
+        // From here on, Drop cleans up whatever was created.
+        cluster.prepare_dirs()?;
+        cluster.spawn_watchdog()?;
+        cluster.initdb()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            cluster.port = free_port()?;
+            cluster.write_conf(&opts.extra_conf)?;
+            match cluster.pg_ctl_start() {
+                Ok(()) => return Ok(cluster),
+                Err(EmbeddedError::Start { ref log_tail, .. })
+                    if attempt < PORT_ATTEMPTS && is_bind_failure(log_tail) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The TCP port on 127.0.0.1; it stays the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db` as the superuser, e.g.
+    /// `postgres://postgres@127.0.0.1:54321/app`. `db` is used verbatim, so it
+    /// should be a plain identifier.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The data directory (`PGDATA`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The server log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The directory holding `initdb`, `pg_ctl`, `psql`, `pg_recvlogical`...
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The postmaster's process id, read from `postmaster.pid`; `None` when
+    /// the server is not running.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Creates database `name` (quoted as an identifier).
+    pub fn create_database(&self, name: &str) -> Result<(), EmbeddedError> {
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {}", quote_ident(name)),
+        )
+        .map(drop)
+    }
+
+    /// Runs `sql` in database `db` with the cluster's `psql` as a script
+    /// (statements separated by `;`, each in its own transaction unless the
+    /// script says otherwise), stopping at the first error. Returns what psql
+    /// printed, unaligned and without headers (`psql -At`), with the final
+    /// newline removed: `SHOW wal_level` gives `logical`.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, EmbeddedError> {
+        let psql = self.bin_dir.join("psql");
+        let mut child = Command::new(&psql)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+                "-f",
+                "-",
+            ])
+            // Our own settings decide, not the caller's environment.
+            .env_remove("PGOPTIONS")
+            .env_remove("PGSERVICE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err(format!("running {}", psql.display())))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // Feed the script from another thread: a large script and a large
+        // result would otherwise deadlock on full pipes.
+        let output = std::thread::scope(|s| {
+            s.spawn(move || {
+                // A write error means psql exited early; its status says why.
+                let _ = stdin.write_all(sql.as_bytes());
+            });
+            child.wait_with_output()
+        })
+        .map_err(io_err(format!("running {}", psql.display())))?;
+        let mut out = check(&format!("psql -d {db}"), output)?;
+        if out.ends_with('\n') {
+            out.pop();
+        }
+        Ok(out)
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`) on the same port.
+    pub fn restart(&self) -> Result<(), EmbeddedError> {
+        self.pg_ctl(
+            &["-l".as_ref(), self.log.as_os_str()],
+            &["-w", "-t", "60", "-m", "fast", "restart"],
+        )
+        .map_err(|e| self.start_error(e))
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`): no
+    /// shutdown checkpoint; the next start runs crash recovery.
+    pub fn stop_immediate(&self) -> Result<(), EmbeddedError> {
+        self.pg_ctl(&[], &["-w", "-m", "immediate", "stop"])
+    }
+
+    /// Starts the server again after [`stop_immediate`](Self::stop_immediate),
+    /// on the same port.
+    pub fn start_again(&self) -> Result<(), EmbeddedError> {
+        self.pg_ctl_start()
+    }
+
+    /// Stops the server and removes the directory, reporting failures (Drop
+    /// does the same but can only ignore them). The demo calls this on Ctrl-C.
+    pub fn shutdown(mut self) -> Result<(), EmbeddedError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), EmbeddedError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        let stopped = if self.data.join("postmaster.pid").exists() {
+            self.stop_immediate()
+        } else {
+            Ok(())
+        };
+        let removed = std::fs::remove_dir_all(&self.base)
+            .map_err(io_err(format!("removing {}", self.base.display())));
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Closing its stdin lets it run its (now empty) cleanup and exit.
+            drop(watchdog.stdin.take());
+            let _ = watchdog.wait();
+        }
+        stopped.and(removed)
+    }
+
+    /// A command for a server program, run as the unprivileged user if any.
+    fn server_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(&self.base).stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn prepare_dirs(&self) -> Result<(), EmbeddedError> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.socket_dir)
+            .map_err(io_err(format!("creating {}", self.socket_dir.display())))?;
+        std::fs::File::create(&self.log)
+            .map_err(io_err(format!("creating {}", self.log.display())))?;
+        if let Some((uid, gid)) = self.run_as {
+            for path in [&self.base, &self.socket_dir, &self.log] {
+                chown(path, Some(uid), Some(gid))
+                    .map_err(io_err(format!("chown {} to uid {uid}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_watchdog(&mut self) -> Result<(), EmbeddedError> {
+        // Ignores the signals a terminal or test runner sends to the whole
+        // group, waits for EOF on stdin (our process is gone or done), then
+        // stops the server and deletes the directory.
+        const SCRIPT: &str = r#"trap '' INT TERM HUP QUIT
+read -r _
+if [ -f "$1/postmaster.pid" ]; then "$2" -D "$1" -m immediate -w stop >/dev/null 2>&1; fi
+rm -rf -- "$3""#;
+        let mut cmd = self.server_command("/bin/sh");
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .arg("walhook-pg-watchdog")
+            .arg(&self.data)
+            .arg(self.bin_dir.join("pg_ctl"))
+            .arg(&self.base)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Own process group: Ctrl-C in a terminal does not reach it.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(io_err("starting the cleanup watchdog (/bin/sh)"))?;
+        self.watchdog = Some(child);
+        Ok(())
+    }
+
+    fn initdb(&self) -> Result<(), EmbeddedError> {
+        let mut cmd = self.server_command(self.bin_dir.join("initdb"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-A", "trust", "-U", SUPERUSER, "--no-sync", "-E", "UTF8"])
+            // C locale: no dependency on which locales the machine generated.
+            .arg("--locale=C");
+        let output = cmd.output().map_err(io_err("running initdb"))?;
+        check("initdb", output)?;
+        let hba = self.data.join("pg_hba.conf");
+        std::fs::write(&hba, HBA_CONF).map_err(io_err(format!("writing {}", hba.display())))?;
+        let conf = self.data.join("postgresql.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .map_err(io_err(format!("opening {}", conf.display())))?;
+        file.write_all(b"\n# Added by walhook: the settings below live in walhook.conf.\ninclude 'walhook.conf'\n")
+            .map_err(io_err(format!("writing {}", conf.display())))?;
+        Ok(())
+    }
+
+    fn write_conf(&self, extra: &[String]) -> Result<(), EmbeddedError> {
+        let path = self.data.join("walhook.conf");
+        std::fs::write(&path, server_conf(self.port, &self.socket_dir, extra))
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(&path, Some(uid), Some(gid))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), EmbeddedError> {
+        self.pg_ctl(
+            &["-l".as_ref(), self.log.as_os_str()],
+            &["-w", "-t", "60", "start"],
+        )
+        .map_err(|e| self.start_error(e))
+    }
+
+    /// Runs `pg_ctl -D data <paths...> <args...>`.
+    fn pg_ctl(&self, paths: &[&OsStr], args: &[&str]) -> Result<(), EmbeddedError> {
+        let mut cmd = self.server_command(self.bin_dir.join("pg_ctl"));
+        cmd.arg("-D").arg(&self.data).args(paths).args(args);
+        let output = cmd.output().map_err(io_err("running pg_ctl"))?;
+        check(&format!("pg_ctl {}", args.join(" ")), output).map(drop)
+    }
+
+    /// Turns a failed `pg_ctl` into a [`EmbeddedError::Start`] quoting the log.
+    fn start_error(&self, e: EmbeddedError) -> EmbeddedError {
+        match e {
+            EmbeddedError::Command { output, .. } => {
+                let log_tail = match std::fs::read(&self.log) {
+                    Ok(bytes) => last_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES),
+                    Err(e) => format!("(could not read the log: {e})"),
+                };
+                EmbeddedError::Start {
+                    reason: output,
+                    log: self.log.clone(),
+                    log_tail,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+const HBA_CONF: &str = "\
+# Written by walhook: a throwaway cluster, loopback only, no passwords.
+local all         all                trust
+local replication all                trust
+host  all         all   127.0.0.1/32 trust
+host  replication all   127.0.0.1/32 trust
+";
+
+/// The settings walhook needs, then the caller's lines (later lines win).
+fn server_conf(port: u16, socket_dir: &Path, extra: &[String]) -> String {
+    let socket_dir = socket_dir.display().to_string().replace('\'', "''");
+    let mut conf = format!(
+        "listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{socket_dir}'
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+max_connections = 200
+wal_sender_timeout = 60s
+"
+    );
+    for line in extra {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    conf
+}
+
+/// Checks a finished program's status; returns its stdout.
+fn check(program: &str, output: Output) -> Result<String, EmbeddedError> {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        return Ok(stdout);
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(EmbeddedError::Command {
+        program: program.to_owned(),
+        status: output.status,
+        output: format!("{}{}", stderr.trim_end(), stdout.trim_end())
+            .trim()
+            .to_owned(),
+    })
+}
+
+fn is_bind_failure(log: &str) -> bool {
+    log.contains("could not bind") || log.contains("Address already in use")
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Asks the kernel for a free loopback port. Another process may take it
+/// before the server binds it; `start_with` retries in that case.
+fn free_port() -> Result<u16, EmbeddedError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("binding 127.0.0.1:0"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("reading a bound port"))?
+        .port();
+    Ok(port)
+}
+
+/// Creates `$TMPDIR/walhook-pg-<pid>-<n>-<nanos>` (mode 0700), failing
+/// rather than reusing an existing directory.
+fn make_unique_dir() -> Result<PathBuf, EmbeddedError> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let tmp = std::env::temp_dir();
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = tmp.join(format!("walhook-pg-{}-{n}-{nanos}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
+        }
+    }
+}
+
+/// Finds the server programs: `WALHOOK_PG_BIN`, then the highest
+/// `/usr/lib/postgresql/<version>/bin`, then `initdb` on `PATH` (symlinks
+/// resolved, so `psql` and `pg_recvlogical` are looked up next to the real one).
+fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
+    if let Some(dir) = std::env::var_os(PG_BIN_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if let Some(program) = SERVER_PROGRAMS
+            .into_iter()
+            .find(|p| !is_executable(&dir.join(p)))
+        {
+            return Err(EmbeddedError::BadPgBin { dir, program });
+        }
+        return Ok(dir);
+    }
+    let versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if let Some(dir) = highest_version_dir(&versions, has_server_programs) {
+        return Ok(dir);
+    }
+    let from_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("initdb"))
+            .find(|initdb| is_executable(initdb))
+            .and_then(|initdb| std::fs::canonicalize(initdb).ok())
+            .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+            .filter(|dir| has_server_programs(dir))
+    });
+    from_path.ok_or_else(|| EmbeddedError::NotInstalled {
+        searched: format!("{PG_BIN_ENV} unset, /usr/lib/postgresql/*/bin, PATH"),
+    })
+}
+
+/// Among `<root>/<version>` directories, the `<version>/bin` with the highest
+/// numeric version that passes `usable`.
+fn highest_version_dir(
+    version_dirs: &[PathBuf],
+    usable: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    let mut candidates: Vec<(Vec<u32>, PathBuf)> = version_dirs
+        .iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_str()?;
+            let version = name
+                .split('.')
+                .map(|part| part.parse().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            Some((version, dir.join("bin")))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .rev()
+        .map(|(_, bin)| bin)
+        .find(|bin| usable(bin))
+}
+
+fn has_server_programs(dir: &Path) -> bool {
+    SERVER_PROGRAMS.iter().all(|p| is_executable(&dir.join(p)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Our effective uid, from `/proc/self/status` (std has no `geteuid`), else
+/// from `id -u`.
+fn effective_uid() -> Result<u32, EmbeddedError> {
+    if let Some(uid) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(euid_from_status)
+    {
+        return Ok(uid);
+    }
+    let output = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(io_err("running `id -u`"))?;
+    check("id -u", output)?
+        .trim()
+        .parse()
+        .map_err(|_| EmbeddedError::Io {
+            context: "reading the effective uid".into(),
+            source: std::io::Error::other("`id -u` printed no number"),
+        })
+}
+
+/// The second field of the `Uid:` line (real, effective, saved, fs).
+fn euid_from_status(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// uid and gid of `postgres`, else `nobody`, from `/etc/passwd`, else `id`.
+fn unprivileged_user() -> Result<(u32, u32), EmbeddedError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    ["postgres", "nobody"]
+        .into_iter()
+        .find_map(|user| passwd_ids(&passwd, user).or_else(|| ids_from_id_command(user)))
+        .ok_or(EmbeddedError::NoUnprivilegedUser)
+}
+
+fn passwd_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != user {
+            return None;
+        }
+        let _password = fields.next()?;
+        let uid = fields.next()?.parse().ok()?;
+        let gid = fields.next()?.parse().ok()?;
+        Some((uid, gid))
+    })
+}
+
+/// For users that come from NSS (LDAP...) rather than `/etc/passwd`.
+fn ids_from_id_command(user: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let output = Command::new("id")
+            .args([flag, user])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        output.status.success().then_some(())?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highest_numeric_version_wins_and_unusable_ones_are_skipped() {
+        let dirs: Vec<PathBuf> = ["9.6", "15", "16", "README", "14"]
+            .iter()
+            .map(|v| Path::new("/usr/lib/postgresql").join(v))
+            .collect();
+        assert_eq!(
+            highest_version_dir(&dirs, |_| true),
+            Some(PathBuf::from("/usr/lib/postgresql/16/bin"))
+        );
+        let not_16 = |p: &Path| !p.starts_with("/usr/lib/postgresql/16");
+        assert_eq!(
+            highest_version_dir(&dirs, not_16),
+            Some(PathBuf::from("/usr/lib/postgresql/15/bin"))
+        );
+        assert_eq!(highest_version_dir(&dirs, |_| false), None);
+        // 10 > 9.6 numerically even though "10" < "9.6" as text.
+        let dirs = [PathBuf::from("/x/9.6"), PathBuf::from("/x/10")];
+        assert_eq!(
+            highest_version_dir(&dirs, |_| true),
+            Some(PathBuf::from("/x/10/bin"))
+        );
+    }
+
+    #[test]
+    fn euid_is_the_second_uid_field() {
+        let status = "Name:\tcat\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
+        assert_eq!(euid_from_status(status), Some(0));
+        assert_eq!(euid_from_status("Name:\tcat\n"), None);
+    }
+
+    #[test]
+    fn passwd_lookup_reads_uid_and_gid_of_the_exact_user() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      postgres2:x:7:7::/:/bin/sh\n\
+                      postgres:x:101:104:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n";
+        assert_eq!(passwd_ids(passwd, "postgres"), Some((101, 104)));
+        assert_eq!(passwd_ids(passwd, "nobody"), None);
+        assert_eq!(passwd_ids("broken:x:notanumber:1::/:", "broken"), None);
+    }
+
+    #[test]
+    fn conf_sets_logical_replication_and_extra_lines_come_last() {
+        let conf = server_conf(5555, Path::new("/tmp/it's"), &["wal_level=replica".into()]);
+        assert!(conf.contains("port = 5555\n"));
+        assert!(conf.contains("unix_socket_directories = '/tmp/it''s'\n"));
+        assert!(conf.contains("listen_addresses = '127.0.0.1'\n"));
+        let logical = conf.find("wal_level = logical").expect("logical");
+        let replica = conf.find("wal_level=replica").expect("extra line");
+        assert!(replica > logical, "extra lines must override ours");
+    }
+
+    #[test]
+    fn last_lines_keeps_the_tail() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a", 5), "a");
+        assert_eq!(last_lines("", 5), "");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("plain"), "\"plain\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn bind_failures_are_recognised() {
+        assert!(is_bind_failure(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use"
+        ));
+        assert!(!is_bind_failure(
+            "FATAL:  data directory has wrong ownership"
+        ));
+    }
+
+    #[test]
+    fn missing_binaries_error_says_what_to_install() {
+        let e = EmbeddedError::NotInstalled {
+            searched: "PATH".into(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("apt-get install postgresql-15"), "{text}");
+        assert!(text.contains("WALHOOK_PG_BIN"), "{text}");
+    }
+}

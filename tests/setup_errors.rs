@@ -1,0 +1,162 @@
+//! `walhook setup` and `walhook run` against real databases: idempotency and
+//! a clear, non-zero exit for each thing an operator can get wrong.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::app::{self, CRM_OBJECTS, CRM_TABLES};
+use common::fresh_db;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_is_idempotent_and_prints_sql() {
+    let db = fresh_db("setup_idem").await;
+    db.psql(CRM_TABLES).await;
+    let (_dir, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
+    let (ok, out, err) = app::run_cli(&path, &["setup"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("publication walhook created"), "{out}");
+    assert!(out.contains("created (pgoutput)"), "{out}");
+    let (ok, out, err) = app::run_cli(&path, &["setup"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("nothing to change"), "{out}");
+    assert!(!out.contains("\n+ "), "{out}");
+    let client = db.connect().await;
+    let ident: Vec<i8> = client
+        .query(
+            "SELECT relreplident::\"char\" FROM pg_class WHERE relname IN ('leads','users','opportunities','students')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ident, vec![b'f' as i8; 4]);
+    // A table added to the mapping is added to the publication.
+    db.psql("CREATE TABLE extra (id int PRIMARY KEY)").await;
+    let more = format!("{CRM_OBJECTS}\n[[objects]]\ntable = \"extra\"\nslug = \"extra\"\n");
+    let (_dir2, path2) = app::write_config(&app::config_text(&db, &more, ""));
+    let (ok, out, _) = app::run_cli(&path2, &["setup"]);
+    assert!(ok);
+    assert!(out.contains("set to the mapped tables"), "{out}");
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+
+    let (ok, out, _) = app::run_cli(&path, &["setup", "--print-sql"]);
+    assert!(ok);
+    assert!(out.contains("CREATE PUBLICATION \"walhook\" FOR TABLE \"public\".\"leads\""), "{out}");
+    assert!(out.contains("pg_create_logical_replication_slot"), "{out}");
+    assert!(out.contains("REPLICA IDENTITY FULL"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_table_and_missing_primary_key() {
+    let db = fresh_db("setup_tables").await;
+    let objects = "[[objects]]\ntable = \"public.nope\"\nslug = \"nope\"";
+    let (_d, path) = app::write_config(&app::config_text(&db, objects, ""));
+    let (ok, _, err) = app::run_cli(&path, &["setup"]);
+    assert!(!ok);
+    assert!(err.contains("\"public\".\"nope\" does not exist"), "{err}");
+
+    db.psql("CREATE TABLE nokey (id int, name text)").await;
+    let objects = "[[objects]]\ntable = \"nokey\"\nslug = \"nokey\"";
+    let (_d, path) = app::write_config(&app::config_text(&db, objects, ""));
+    let (ok, _, err) = app::run_cli(&path, &["setup"]);
+    assert!(!ok);
+    assert!(err.contains("has no primary key"), "{err}");
+    assert!(err.contains("ADD PRIMARY KEY"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_privileges_are_explained() {
+    let db = fresh_db("setup_priv").await;
+    db.psql(CRM_TABLES).await;
+    db.psql("CREATE ROLE weakling LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO weakling;")
+        .await
+        .to_string();
+    let url = db.url.replace("postgres@", "weakling@");
+    let text = app::config_text(&db, CRM_OBJECTS, "").replace(&db.url, &url);
+    let (_d, path) = app::write_config(&text);
+    let (ok, _, err) = app::run_cli(&path, &["setup"]);
+    assert!(!ok);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("sql/00-role.sql"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_config_key_is_rejected_with_its_name() {
+    let db = fresh_db("setup_key").await;
+    let text = app::config_text(&db, CRM_OBJECTS, "").replace("slot =", "slott =");
+    let (_d, path) = app::write_config(&text);
+    for cmd in [&["setup"][..], &["run"][..]] {
+        let (ok, _, err) = app::run_cli(&path, cmd);
+        assert!(!ok);
+        assert!(err.contains("source.slott"), "{err}");
+        assert!(err.contains("walhook.toml"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_fails_within_connect_timeout() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = common::TestDb {
+        name: "nowhere".into(),
+        url: format!("postgres://postgres@127.0.0.1:{port}/app"),
+    };
+    let text = app::config_text(&db, CRM_OBJECTS, "").replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
+    let (_d, path) = app::write_config(&text);
+    let started = Instant::now();
+    let (ok, _, err) = app::run_cli(&path, &["run"]);
+    assert!(!ok);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(err.contains("cannot reach the database"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_before_setup_says_to_run_setup() {
+    let db = fresh_db("setup_first").await;
+    db.psql(CRM_TABLES).await;
+    let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
+    let (ok, _, err) = app::run_cli(&path, &["run"]);
+    assert!(!ok);
+    assert!(err.contains("walhook setup"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_not_logical() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        walhook::embedded::TempCluster::start_with(
+            walhook::embedded::ClusterOptions::new().conf("wal_level = replica"),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let db = common::TestDb {
+        name: "postgres".into(),
+        url: cluster.url("postgres"),
+    };
+    let client = db.connect().await;
+    client.batch_execute(CRM_TABLES).await.unwrap();
+    let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
+    for cmd in [&["setup"][..], &["run"][..]] {
+        let (ok, _, err) = app::run_cli(&path, cmd);
+        assert!(!ok);
+        assert!(err.contains("wal_level is 'replica'"), "{err}");
+        assert!(err.contains("ALTER SYSTEM SET wal_level = logical"), "{err}");
+    }
+}
