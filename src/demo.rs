@@ -419,23 +419,27 @@ async fn scenario(
             .into_iter()
             .filter(|((ep, _), _)| ep == "crm")
             .collect();
-        if !parts
+        // A rejected signature ends the waiting at once: that delivery can
+        // never succeed, and the summary says why.
+        let settled = parts
             .wait_until(&receiver, deadline, |log| {
-                missing(&step_expected, log).is_empty()
+                any_rejected(log) || missing(&step_expected, log).is_empty()
             })
-            .await?
-        {
+            .await?;
+        if !settled || receiver.with_log(any_rejected) {
             break;
         }
     }
-    let all_arrived = parts
+    parts
         .wait_until(&receiver, deadline, |log| {
-            missing(&expected, log).is_empty()
+            any_rejected(log) || missing(&expected, log).is_empty()
         })
         .await?;
-    if !all_arrived {
+    let (rejected, still_missing) =
+        receiver.with_log(|log| (any_rejected(log), missing(&expected, log)));
+    if !rejected && !still_missing.is_empty() {
         return Err(DemoError::Deadline {
-            missing: receiver.with_log(|log| missing(&expected, log)).join(", "),
+            missing: still_missing.join(", "),
         });
     }
 
@@ -592,6 +596,11 @@ fn delivered(log: &[Received]) -> BTreeMap<(String, String), Vec<&str>> {
         }
     }
     out
+}
+
+/// Whether any request failed signature verification.
+fn any_rejected(log: &[Received]) -> bool {
+    log.iter().any(|r| !r.verified)
 }
 
 /// What has not arrived yet, as `endpoint event (got/want)`.
@@ -1004,6 +1013,87 @@ mod tests {
             "{failed}"
         );
         assert!(!failed.contains("diff"), "{failed}");
+    }
+
+    fn signed_request(cfg: &Config, endpoint: &str, event_id: &str, body: &[u8]) -> HeaderMap {
+        let ep = cfg.endpoint(endpoint).unwrap();
+        let mut headers = HeaderMap::new();
+        let signed = crate::dispatch::sign::signed_headers(
+            ep,
+            &cfg.delivery.header_prefix,
+            event_id,
+            "lead.create",
+            body,
+            listen::now_unix_secs(),
+        )
+        .unwrap();
+        for (k, v) in signed {
+            headers.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn receiver_verifies_fails_analytics_twice_then_recovers() {
+        let cfg = demo_config();
+        let rx = Arc::new(
+            Receiver::new(
+                &cfg,
+                Printer::new(Box::new(std::io::sink())),
+                Instant::now(),
+            )
+            .unwrap(),
+        );
+        let body = Bytes::from_static(br#"{"before":{},"after":{"id":"L-1"},"diff":{"id":"L-1"}}"#);
+        let call = |ep: &'static str, headers: HeaderMap, body: Bytes| {
+            receive(State(rx.clone()), Path(ep.to_string()), headers, body)
+        };
+        let crm = signed_request(&cfg, "crm", "e1", &body);
+        assert_eq!(call("crm", crm.clone(), body.clone()).await, StatusCode::OK);
+        // The body was changed after signing: rejected, and logged as such.
+        assert_eq!(
+            call("crm", crm, Bytes::from_static(b"{}")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let analytics = signed_request(&cfg, "analytics", "e1", &body);
+        // crm's headers carry no Standard Webhooks signature, which analytics requires.
+        let wrong = signed_request(&cfg, "crm", "e1", &body);
+        assert_eq!(
+            call("analytics", wrong, body.clone()).await,
+            StatusCode::UNAUTHORIZED
+        );
+        for want in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::OK,
+        ] {
+            assert_eq!(
+                call("analytics", analytics.clone(), body.clone()).await,
+                want
+            );
+        }
+        let log = rx.with_log(|l| l.to_vec());
+        let summary: Vec<(&str, usize, bool, u16)> = log
+            .iter()
+            .map(|r| (r.endpoint.as_str(), r.attempt, r.verified, r.status))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("crm", 1, true, 200),
+                ("crm", 2, false, 401),
+                ("analytics", 1, false, 401),
+                ("analytics", 2, true, 500),
+                ("analytics", 3, true, 500),
+                ("analytics", 4, true, 200),
+            ]
+        );
+        assert!(any_rejected(&log));
+        assert_eq!(log[0].event, "lead.create");
+        assert_eq!(log[0].event_id, "e1");
     }
 
     #[test]
