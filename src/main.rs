@@ -54,8 +54,9 @@ enum Command {
         port: u16,
         /// Secret to verify with; repeat it during a rotation. A `whsec_` secret
         /// also checks the Standard Webhooks headers.
-        #[arg(long = "secret", env = walhook::listen::SECRET_ENV, hide_env_values = true, required = true)]
-        secrets: Vec<String>,
+        #[arg(long = "secret", env = walhook::listen::SECRET_ENV, hide_env_values = true,
+              required = true, value_parser = parse_secret)]
+        secrets: Vec<Secret>,
         /// Prefix of walhook's headers (`delivery.header_prefix`).
         #[arg(long, default_value = "x-superleap")]
         header_prefix: String,
@@ -93,6 +94,11 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Wraps a secret at once, so `Debug` of the parsed command line cannot show it.
+fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
 }
 
 fn init_tracing(format: LogFormat, default_filter: &str) {
@@ -161,7 +167,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             spawn_signal_handler(shutdown.clone())?;
             let opts = walhook::listen::ListenOptions {
                 port,
-                secrets: secrets.into_iter().map(Secret::new).collect(),
+                secrets,
                 header_prefix,
                 standard_webhooks,
                 status,
