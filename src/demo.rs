@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Secret, SigningScheme, quote_ident};
+use crate::config::{Config, ConfigError, Secret, quote_ident};
 use crate::dispatch::filter;
 use crate::embedded::{EmbeddedError, TempCluster};
 use crate::ledger::{self, LedgerError};
@@ -46,7 +46,14 @@ pub const DELIVERY_DEADLINE: Duration = Duration::from_secs(40);
 /// How long walhook gets to stop gracefully before its task is aborted.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How many requests the `analytics` endpoint answers with 500 first.
+/// The endpoint that gets every event and never fails; the script waits for
+/// it after each change.
+const STEADY_ENDPOINT: &str = "crm";
+
+/// The endpoint that answers 500 to its first `ANALYTICS_FAILURES` requests.
+const FLAKY_ENDPOINT: &str = "analytics";
+
+/// How many requests the flaky endpoint answers with 500 first.
 const ANALYTICS_FAILURES: u32 = 2;
 
 const TABLES_SQL: &str = "
@@ -417,7 +424,7 @@ async fn scenario(
         so_far.push(name);
         let step_expected: BTreeMap<(String, String), usize> = expected_deliveries(&cfg, &so_far)
             .into_iter()
-            .filter(|((ep, _), _)| ep == "crm")
+            .filter(|((ep, _), _)| ep == STEADY_ENDPOINT)
             .collect();
         // A rejected signature ends the waiting at once: that delivery can
         // never succeed, and the summary says why.
@@ -526,16 +533,16 @@ table = "crm.students"
 slug = "student"
 
 [[endpoints]]
-id = "crm"
-url = "http://127.0.0.1:{port}/hooks/crm"
+id = "{STEADY_ENDPOINT}"
+url = "http://127.0.0.1:{port}/hooks/{STEADY_ENDPOINT}"
 secret = "{crm_secret}"
 events = ["*"]
 signing = ["superleap"]
 timeout = "5s"
 
 [[endpoints]]
-id = "analytics"
-url = "http://127.0.0.1:{port}/hooks/analytics"
+id = "{FLAKY_ENDPOINT}"
+url = "http://127.0.0.1:{port}/hooks/{FLAKY_ENDPOINT}"
 secret = "{analytics_secret}"
 events = ["lead.*", "student.*"]
 signing = ["standard-webhooks"]
@@ -746,7 +753,7 @@ impl Receiver {
                         .require(*scheme)
                         .map_err(|e| DemoError::Unexpected(e.to_string()))?;
                 }
-                let fail_next = if ep.signing.contains(&SigningScheme::StandardWebhooks) {
+                let fail_next = if ep.id == FLAKY_ENDPOINT {
                     ANALYTICS_FAILURES
                 } else {
                     0
@@ -863,6 +870,7 @@ fn stream_line(elapsed: Duration, r: &Received, diff: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SigningScheme;
 
     fn demo_config() -> Config {
         Config::from_toml_str(
