@@ -352,10 +352,6 @@ async fn scenario(
     drop(postgres);
     let url = cluster.url(DATABASE);
     let db = ledger::connect(&Secret::new(url.clone()), "walhook demo").await?;
-    // The throwaway cluster runs with synchronous_commit off, so WAL reaches
-    // the walsender only at the WAL writer's next round (200ms): flush our
-    // commits at once, so each change shows up right away.
-    db.batch_execute("SET synchronous_commit = on").await?;
     db.batch_execute(TABLES_SQL).await?;
     printer.print(
         "created database walhook_demo with public.leads, public.users, public.opportunities and the custom object crm.students",
