@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod embedded;
 pub mod event;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod source;
 
