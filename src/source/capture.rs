@@ -25,6 +25,13 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c
 /// transactions of any size (they are written in chunks of this many).
 pub const MAX_BATCH: usize = 2000;
 
+/// Body bytes held before a flush at most: with wide rows (large TOASTed
+/// values) this, not `MAX_BATCH`, bounds memory.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Replication messages buffered between the socket and the decoder.
+const STREAM_BUFFER: usize = 1024;
+
 /// How long complete transactions may wait to be batched with later ones.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
@@ -129,6 +136,7 @@ pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfi
         .with_start_lsn(Lsn::ZERO)
         .with_status_interval(cfg.source.status_interval)
         .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(STREAM_BUFFER)
         .with_options(SESSION_OPTIONS)
         .with_application_name(format!("walhook capture {}", cfg.source.name));
     Ok(rc)
@@ -197,6 +205,7 @@ struct Session<'a> {
     type_names: HashMap<u32, String>,
     txn: Option<OpenTxn>,
     pending: Vec<NewEvent>,
+    pending_bytes: usize,
     /// End LSN of the last complete transaction whose events are in `pending`.
     pending_commit_end: Option<u64>,
     acked: u64,
@@ -224,6 +233,7 @@ impl<'a> Session<'a> {
             type_names: HashMap::new(),
             txn: None,
             pending: Vec::new(),
+            pending_bytes: 0,
             pending_commit_end: None,
             acked: 0,
         };
@@ -273,7 +283,7 @@ impl<'a> Session<'a> {
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     self.handle(pgoutput::decode(&data)?).await?;
-                    if self.pending.len() >= MAX_BATCH {
+                    if self.batch_full() {
                         self.flush(client).await?;
                         flush_at = None;
                     }
@@ -287,7 +297,7 @@ impl<'a> Session<'a> {
                     self.pending_commit_end = Some(end_lsn.as_u64());
                     self.metrics
                         .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
-                    if self.pending.len() >= MAX_BATCH {
+                    if self.batch_full() {
                         self.flush(client).await?;
                         flush_at = None;
                     } else if flush_at.is_none() {
@@ -380,6 +390,7 @@ impl<'a> Session<'a> {
                 .filter(|ep| ep.subscribes_to(&event.name))
                 .map(|ep| ep.id.clone())
                 .collect();
+            self.pending_bytes += event.body.len();
             self.pending.push(NewEvent {
                 commit_lsn: txn.commit_lsn,
                 change_index: index,
@@ -455,6 +466,10 @@ impl<'a> Session<'a> {
             .collect())
     }
 
+    fn batch_full(&self) -> bool {
+        self.pending.len() >= MAX_BATCH || self.pending_bytes >= MAX_BATCH_BYTES
+    }
+
     /// Write what is pending; acknowledge the last complete transaction.
     async fn flush(&mut self, client: &ReplicationClient) -> Result<(), CaptureError> {
         if self.pending.is_empty() && self.pending_commit_end.is_none() {
@@ -474,6 +489,7 @@ impl<'a> Session<'a> {
             self.metrics.notify_new_deliveries();
         }
         self.pending.clear();
+        self.pending_bytes = 0;
         if let Some(lsn) = self.pending_commit_end.take() {
             self.ack(client, lsn);
         }
