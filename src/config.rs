@@ -775,12 +775,21 @@ impl Resolver<'_> {
         let (url_key, url) = self
             .value_or_env("source", "url", raw.url, env_name)?
             .expect("url or url_env is always set here");
-        if url.parse::<tokio_postgres::Config>().is_err() {
+        match url.parse::<tokio_postgres::Config>() {
             // The parser's message may quote the value, which holds the password.
-            return Err(self.invalid(
-                url_key,
-                "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
-            ));
+            Err(_) => {
+                return Err(self.invalid(
+                    url_key,
+                    "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
+                ));
+            }
+            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+                return Err(self.invalid(
+                    url_key,
+                    "sslmode=require is not supported yet: walhook's ledger connection has no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
+                ));
+            }
+            Ok(_) => {}
         }
         let name = raw.name.unwrap_or_else(|| "app".into());
         if name.is_empty()
@@ -1640,6 +1649,15 @@ token_env = "WALHOOK_ADMIN_TOKEN"
             .unwrap_err()
             .to_string();
         assert!(e.contains("DATABASE_URL") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn tls_required_database_is_rejected_clearly() {
+        assert_err(
+            &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=require")),
+            &["`source.url`", "sslmode=require is not supported yet"],
+        );
+        parse_ok(&minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=disable")));
     }
 
     #[test]
