@@ -203,6 +203,8 @@ struct Session<'a> {
     db: Client,
     relations: HashMap<u32, RelState>,
     type_names: HashMap<u32, String>,
+    /// Domain oid -> base type oid (0: not a domain).
+    domain_base: HashMap<u32, u32>,
     txn: Option<OpenTxn>,
     pending: Vec<NewEvent>,
     pending_bytes: usize,
@@ -231,6 +233,7 @@ impl<'a> Session<'a> {
             db,
             relations: HashMap::new(),
             type_names: HashMap::new(),
+            domain_base: HashMap::new(),
             txn: None,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -412,6 +415,8 @@ impl<'a> Session<'a> {
         };
         let object = object.clone();
         let key_columns = self.primary_key_columns(&rel).await?;
+        let mut rel = rel;
+        self.resolve_domains(&mut rel).await?;
         let type_names = &self.type_names;
         let map = TableMap::new(
             rel,
@@ -421,6 +426,43 @@ impl<'a> Session<'a> {
             &|oid| type_names.get(&oid).cloned(),
         );
         Ok(RelState::Mapped(Box::new(map)))
+    }
+
+    /// pgoutput sends a domain column with the domain's oid: map it as its
+    /// base type (an integer domain stays a number). Only user-defined oids
+    /// (>= 16384) can be domains; the answer is cached for the session.
+    async fn resolve_domains(&mut self, rel: &mut Relation) -> Result<(), CaptureError> {
+        const FIRST_NORMAL_OID: u32 = 16384;
+        for col in rel.columns.iter_mut() {
+            let mut oid = col.type_oid;
+            // Domains over domains: follow a few levels.
+            for _ in 0..8 {
+                if oid < FIRST_NORMAL_OID {
+                    break;
+                }
+                let base = match self.domain_base.get(&oid) {
+                    Some(b) => *b,
+                    None => {
+                        let row = self
+                            .db
+                            .query_opt(
+                                "SELECT CASE WHEN typtype = 'd' THEN typbasetype ELSE 0::oid END FROM pg_type WHERE oid = $1",
+                                &[&oid],
+                            )
+                            .await?;
+                        let base: u32 = row.map(|r| r.get(0)).unwrap_or(0);
+                        self.domain_base.insert(oid, base);
+                        base
+                    }
+                };
+                if base == 0 {
+                    break;
+                }
+                oid = base;
+            }
+            col.type_oid = oid;
+        }
+        Ok(())
     }
 
     fn object_for(&self, rel: &Relation) -> Option<&ObjectConfig> {
