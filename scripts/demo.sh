@@ -3,5 +3,5 @@
 # `walhook demo` (a throwaway cluster, a receiver, live deliveries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh --no-wal2json
+scripts/install-deps.sh
 cargo run --release --locked --quiet -- demo "$@"

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what is missing
-# (PostgreSQL, wal2json, Chromium), then runs every test. Extra arguments go
-# to `cargo test` (e.g. `scripts/test.sh --test capture`).
+# Runs walhook's whole test suite on this machine: installs missing system
+# packages (scripts/install-deps.sh), then unit, integration and doc tests.
+# Extra arguments go to `cargo test`, e.g. a test name filter and test
+# harness flags: `scripts/test.sh hard_kill -- --nocapture`. The doc tests
+# run only when no arguments are given.
+# Exits with cargo's status.
+#
+# Each test binary's PostgreSQL clusters are stopped and deleted by their
+# watchdogs when the binary exits, even after a crash or Ctrl-C, so there is
+# nothing to clean up here.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
 scripts/install-deps.sh --browser
-cargo test --locked --all-targets "$@"
+cargo test --all-targets --locked "$@"
+if [ $# -eq 0 ]; then
+  exec cargo test --doc --locked
+fi

@@ -294,6 +294,9 @@ impl Config {
                 if let Some((slug, _)) = filter.split_once('.')
                     && slug != "*"
                     && !slugs.contains(&slug)
+                    && !SYSTEM_EVENTS
+                        .iter()
+                        .any(|e| e.starts_with(&format!("{slug}.")))
                 {
                     let known = slugs.join(", ");
                     out.push(format!(
@@ -772,12 +775,21 @@ impl Resolver<'_> {
         let (url_key, url) = self
             .value_or_env("source", "url", raw.url, env_name)?
             .expect("url or url_env is always set here");
-        if url.parse::<tokio_postgres::Config>().is_err() {
+        match url.parse::<tokio_postgres::Config>() {
             // The parser's message may quote the value, which holds the password.
-            return Err(self.invalid(
-                url_key,
-                "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
-            ));
+            Err(_) => {
+                return Err(self.invalid(
+                    url_key,
+                    "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
+                ));
+            }
+            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+                return Err(self.invalid(
+                    url_key,
+                    "sslmode=require is not supported yet: walhook's ledger connection has no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
+                ));
+            }
+            Ok(_) => {}
         }
         let name = raw.name.unwrap_or_else(|| "app".into());
         if name.is_empty()
@@ -985,7 +997,7 @@ impl Resolver<'_> {
             if !is_event_filter(filter) {
                 return Err(self.invalid(
                     &events_key,
-                    format!("invalid event filter {filter:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete) or \"slug.create\""),
+                    format!("invalid event filter {filter:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete), \"slug.create\", or one of walhook's own events \"endpoint.disabled\", \"walhook.ping\""),
                 ));
             }
         }
@@ -1374,8 +1386,11 @@ fn is_endpoint_id(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Events walhook emits itself, besides the row events of mapped tables.
+pub const SYSTEM_EVENTS: [&str; 2] = ["endpoint.disabled", "walhook.ping"];
+
 fn is_event_filter(f: &str) -> bool {
-    if f == "*" {
+    if f == "*" || SYSTEM_EVENTS.contains(&f) {
         return true;
     }
     let Some((slug, verb)) = f.split_once('.') else {
@@ -1634,6 +1649,15 @@ token_env = "WALHOOK_ADMIN_TOKEN"
             .unwrap_err()
             .to_string();
         assert!(e.contains("DATABASE_URL") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn tls_required_database_is_rejected_clearly() {
+        assert_err(
+            &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=require")),
+            &["`source.url`", "sslmode=require is not supported yet"],
+        );
+        parse_ok(&minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=disable")));
     }
 
     #[test]

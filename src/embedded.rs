@@ -249,7 +249,10 @@ impl TempCluster {
     /// printed, unaligned and without headers (`psql -At`), with the final
     /// newline removed: `SHOW wal_level` gives `logical`.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, EmbeddedError> {
-        let psql = self.bin_dir.join("psql");
+        // Some platforms ship the client apart from the server programs.
+        let psql = Some(self.bin_dir.join("psql"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("psql"));
         let mut child = Command::new(&psql)
             .args([
                 "-X",
@@ -480,6 +483,12 @@ host  replication all   127.0.0.1/32 trust
 ";
 
 /// The settings walhook needs, then the caller's lines (later lines win).
+///
+/// `fsync = off` is safe for a throwaway cluster: the tests crash the server,
+/// never the machine. `synchronous_commit` stays on on purpose: with it off,
+/// a commit acknowledged just before `stop_immediate` can vanish, which would
+/// make crash tests of walhook's no-loss guarantee fail for the wrong reason;
+/// without fsync it costs only a `write()` per commit.
 fn server_conf(port: u16, socket_dir: &Path, extra: &[String]) -> String {
     let socket_dir = socket_dir.display().to_string().replace('\'', "''");
     let mut conf = format!(
@@ -490,7 +499,7 @@ wal_level = logical
 max_replication_slots = 20
 max_wal_senders = 20
 fsync = off
-synchronous_commit = off
+synchronous_commit = on
 full_page_writes = off
 shared_buffers = 128MB
 max_connections = 200

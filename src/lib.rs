@@ -11,10 +11,12 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod embedded;
 pub mod event;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod source;
 

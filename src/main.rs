@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use walhook::admin::{check, render, report};
-use walhook::config::Config;
+use walhook::config::{Config, Secret};
 use walhook::ledger;
 use walhook::source::setup;
 
@@ -44,6 +44,30 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A self-contained tour: throwaway PostgreSQL, demo tables, an in-process
+    /// receiver that verifies signatures, and every event printed as delivered.
+    Demo,
+    /// A local webhook receiver for development: prints each request and
+    /// whether its signatures verify.
+    Listen {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// Secret to verify with; repeat it during a rotation. A `whsec_` secret
+        /// also checks the Standard Webhooks headers.
+        #[arg(long = "secret", env = walhook::listen::SECRET_ENV, hide_env_values = true,
+              required = true, value_parser = parse_secret)]
+        secrets: Vec<Secret>,
+        /// Prefix of walhook's headers (`delivery.header_prefix`).
+        #[arg(long, default_value = "x-superleap")]
+        header_prefix: String,
+        /// Require the Standard Webhooks headers on every request.
+        #[arg(long)]
+        standard_webhooks: bool,
+        /// Status to answer with (e.g. 500 to make walhook retry).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
     /// Create the ledger schema, publication, slot and replica identity (idempotent).
     Setup {
         /// Print the SQL instead of running it (for a DBA).
@@ -178,9 +202,14 @@ enum EndpointsCommand {
     },
 }
 
-fn init_tracing(format: LogFormat) {
+/// Wraps a secret at once, so `Debug` of the parsed command line cannot show it.
+fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
+}
+
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -192,7 +221,12 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo and listen print a readable stream on stdout: keep logs quiet.
+    let default_filter = match cli.command {
+        Command::Demo | Command::Listen { .. } => "warn",
+        _ => "info,tokio_postgres=warn",
+    };
+    init_tracing(cli.log_format, default_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,6 +252,35 @@ fn load_config(path: &std::path::Path) -> Result<Config> {
 
 async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Demo => {
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone())?;
+            let printer = walhook::listen::Printer::stdout();
+            match walhook::demo::run(printer, shutdown).await? {
+                walhook::demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
+                // The shell convention for "ended by SIGINT".
+                walhook::demo::Outcome::Interrupted => Ok(ExitCode::from(130)),
+            }
+        }
+        Command::Listen {
+            port,
+            secrets,
+            header_prefix,
+            standard_webhooks,
+            status,
+        } => {
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone())?;
+            let opts = walhook::listen::ListenOptions {
+                port,
+                secrets,
+                header_prefix,
+                standard_webhooks,
+                status,
+            };
+            walhook::listen::run(opts, walhook::listen::Printer::stdout(), shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Setup { print_sql } => {
             let cfg = load_config(&cli.config)?;
             if print_sql {

@@ -141,13 +141,15 @@ async fn value_table_of_the_spec() {
     let db = fresh_db("values").await;
     db.psql(
         "CREATE TYPE mood AS ENUM ('ok', 'happy');
+         CREATE DOMAIN positive AS bigint CHECK (VALUE > 0);
+         CREATE DOMAIN money2 AS numeric(10,2);
          CREATE TABLE v (
            id int PRIMARY KEY, n_null text, b boolean, i2 smallint, i4 int, i8 bigint,
            f4 real, f8 double precision, f_nan double precision, f_inf double precision,
            num numeric, num_nan numeric, num_scale numeric(20,6), j json, jb jsonb,
            ta text[], ia int[], tstz timestamptz, ts timestamp, d date, t time, ttz timetz,
            iv interval, u uuid, vc varchar(10), ch char(3), e mood, ip inet, by bytea,
-           uni text)",
+           uni text, dom positive, dom_num money2)",
     )
     .await;
     let cfg = app::parse(&app::config_text(
@@ -172,7 +174,7 @@ async fn value_table_of_the_spec() {
                123456789012345678901234567890.123, 'NaN', 12.5, '{\"a\": [1, 2.50, {\"b\": null}]}', '{\"z\": 1, \"a\": 10.0}',
                ARRAY['x', NULL, 'y,z', 'q\"uote'], ARRAY[[1,2],[3,NULL]], '2025-02-21 14:03:28.148+05:30', '2025-02-21 08:33:28.100',
                '2025-02-21', '08:33:28', '08:33:28+02', '1 day 2 hours', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
-               'héllo', 'ab', 'happy', '192.168.0.1/32', '\\x48656c6c6f00ff', 'Grüße 👋 \"q\" \\ back')",
+               'héllo', 'ab', 'happy', '192.168.0.1/32', '\\x48656c6c6f00ff', 'Grüße 👋 \"q\" \\ back', 9007199254740993, 3.10)",
         )
         .await
         .unwrap();
@@ -215,6 +217,9 @@ async fn value_table_of_the_spec() {
     assert_eq!(after["ip"], json!("192.168.0.1"));
     assert_eq!(after["by"], json!("SGVsbG8A/w=="));
     assert_eq!(after["uni"], json!("Grüße 👋 \"q\" \\ back"));
+    // Domains map as their base type.
+    assert!(raw.contains("\"dom\":9007199254740993,"), "{raw}");
+    assert!(raw.contains("\"dom_num\":3.10}"), "{raw}");
     run.stop().await;
 }
 

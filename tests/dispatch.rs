@@ -616,3 +616,109 @@ async fn two_processes_share_the_queue_and_survive_kill_9() {
     b.kill().unwrap();
     b.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_failing_continuously_is_disabled_and_notified() {
+    let down = Receiver::start(Behaviour::script(|_, _| Reply::status(500))).await;
+    let ops = Receiver::start(Behaviour::AlwaysOk).await;
+    let eps = [
+        endpoint(
+            "flaky",
+            &format!("{}x", down.url()),
+            "events = [\"lead.*\"]",
+        ),
+        endpoint(
+            "ops",
+            &format!("{}ops", ops.url()),
+            "events = [\"endpoint.disabled\"]",
+        ),
+    ]
+    .concat();
+    let delivery = FAST_RETRY.replace(
+        "[delivery]\n",
+        "[delivery]\nendpoint_disable_after = \"1500ms\"\nnotify_endpoint = \"ops\"\n",
+    );
+    let (_db, client, run) = start("ep_disable", &eps, &delivery).await;
+    client
+        .execute("INSERT INTO leads VALUES ('l1', 'Ada', 1)", &[])
+        .await
+        .unwrap();
+    let notes = ops.wait_for_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        notes[0].header("x-superleap-event"),
+        Some("endpoint.disabled")
+    );
+    assert_eq!(notes[0].json()["after"]["endpoint"], "flaky");
+    let row = client
+        .query_one(
+            "SELECT enabled, disabled_reason, disabled_at - failing_since FROM walhook.endpoints WHERE id = 'flaky'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert!(row.get::<_, String>(1).contains("failing continuously"));
+    // The delivery itself is kept, waiting for the endpoint to come back.
+    let s = states(&client).await;
+    assert_eq!(s["flaky"].get("retrying"), Some(&1));
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
+    let recv = Receiver::start(Behaviour::script(|_, _| {
+        Reply::Hang(Duration::from_millis(1500))
+    }))
+    .await;
+    let db = fresh_db("sigterm").await;
+    db.psql(LEADS).await;
+    let eps = endpoint("crm", &format!("{}h", recv.url()), "")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    let text = app::config_text(&db, OBJECTS, &format!("{eps}\n[admin]\nlisten = \"\"\n"));
+    app::setup(&app::parse(&text)).await;
+    let (_dir, path) = app::write_config(&text);
+    let client = db.connect().await;
+    let mut child = app::spawn_run(&path, &[]);
+    client
+        .execute("INSERT INTO leads VALUES ('l1', 'Ada', 1)", &[])
+        .await
+        .unwrap();
+    recv.wait_for_requests(1, Duration::from_secs(20)).await;
+    // The attempt is in flight (the receiver answers after 1.5 s): stop now.
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+    let row = client
+        .query_one(
+            "SELECT status, attempts, lease_owner FROM walhook.deliveries",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "succeeded",
+        "the in-flight attempt finished and was recorded"
+    );
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    // The slot was acknowledged before the stream closed: nothing to replay.
+    let lag: bool = client
+        .query_one(
+            "SELECT confirmed_flush_lsn >= (SELECT lsn FROM walhook.progress) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(lag);
+}

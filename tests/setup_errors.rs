@@ -52,7 +52,10 @@ async fn setup_is_idempotent_and_prints_sql() {
 
     let (ok, out, _) = app::run_cli(&path, &["setup", "--print-sql"]);
     assert!(ok);
-    assert!(out.contains("CREATE PUBLICATION \"walhook\" FOR TABLE \"public\".\"leads\""), "{out}");
+    assert!(
+        out.contains("CREATE PUBLICATION \"walhook\" FOR TABLE \"public\".\"leads\""),
+        "{out}"
+    );
     assert!(out.contains("pg_create_logical_replication_slot"), "{out}");
     assert!(out.contains("REPLICA IDENTITY FULL"), "{out}");
 }
@@ -116,7 +119,8 @@ async fn unreachable_database_fails_within_connect_timeout() {
         name: "nowhere".into(),
         url: format!("postgres://postgres@127.0.0.1:{port}/app"),
     };
-    let text = app::config_text(&db, CRM_OBJECTS, "").replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
+    let text = app::config_text(&db, CRM_OBJECTS, "")
+        .replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
     let (_d, path) = app::write_config(&text);
     let started = Instant::now();
     let (ok, _, err) = app::run_cli(&path, &["run"]);
@@ -157,6 +161,9 @@ async fn wal_level_not_logical() {
         let (ok, _, err) = app::run_cli(&path, cmd);
         assert!(!ok);
         assert!(err.contains("wal_level is 'replica'"), "{err}");
-        assert!(err.contains("ALTER SYSTEM SET wal_level = logical"), "{err}");
+        assert!(
+            err.contains("ALTER SYSTEM SET wal_level = logical"),
+            "{err}"
+        );
     }
 }

@@ -25,6 +25,13 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c
 /// transactions of any size (they are written in chunks of this many).
 pub const MAX_BATCH: usize = 2000;
 
+/// Body bytes held before a flush at most: with wide rows (large TOASTed
+/// values) this, not `MAX_BATCH`, bounds memory.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Replication messages buffered between the socket and the decoder.
+const STREAM_BUFFER: usize = 1024;
+
 /// How long complete transactions may wait to be batched with later ones.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
@@ -129,6 +136,7 @@ pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfi
         .with_start_lsn(Lsn::ZERO)
         .with_status_interval(cfg.source.status_interval)
         .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(STREAM_BUFFER)
         .with_options(SESSION_OPTIONS)
         .with_application_name(format!("walhook capture {}", cfg.source.name));
     Ok(rc)
@@ -195,8 +203,11 @@ struct Session<'a> {
     db: Client,
     relations: HashMap<u32, RelState>,
     type_names: HashMap<u32, String>,
+    /// Domain oid -> base type oid (0: not a domain).
+    domain_base: HashMap<u32, u32>,
     txn: Option<OpenTxn>,
     pending: Vec<NewEvent>,
+    pending_bytes: usize,
     /// End LSN of the last complete transaction whose events are in `pending`.
     pending_commit_end: Option<u64>,
     acked: u64,
@@ -222,8 +233,10 @@ impl<'a> Session<'a> {
             db,
             relations: HashMap::new(),
             type_names: HashMap::new(),
+            domain_base: HashMap::new(),
             txn: None,
             pending: Vec::new(),
+            pending_bytes: 0,
             pending_commit_end: None,
             acked: 0,
         };
@@ -273,7 +286,7 @@ impl<'a> Session<'a> {
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     self.handle(pgoutput::decode(&data)?).await?;
-                    if self.pending.len() >= MAX_BATCH {
+                    if self.batch_full() {
                         self.flush(client).await?;
                         flush_at = None;
                     }
@@ -287,7 +300,7 @@ impl<'a> Session<'a> {
                     self.pending_commit_end = Some(end_lsn.as_u64());
                     self.metrics
                         .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
-                    if self.pending.len() >= MAX_BATCH {
+                    if self.batch_full() {
                         self.flush(client).await?;
                         flush_at = None;
                     } else if flush_at.is_none() {
@@ -380,6 +393,7 @@ impl<'a> Session<'a> {
                 .filter(|ep| ep.subscribes_to(&event.name))
                 .map(|ep| ep.id.clone())
                 .collect();
+            self.pending_bytes += event.body.len();
             self.pending.push(NewEvent {
                 commit_lsn: txn.commit_lsn,
                 change_index: index,
@@ -401,6 +415,8 @@ impl<'a> Session<'a> {
         };
         let object = object.clone();
         let key_columns = self.primary_key_columns(&rel).await?;
+        let mut rel = rel;
+        self.resolve_domains(&mut rel).await?;
         let type_names = &self.type_names;
         let map = TableMap::new(
             rel,
@@ -410,6 +426,43 @@ impl<'a> Session<'a> {
             &|oid| type_names.get(&oid).cloned(),
         );
         Ok(RelState::Mapped(Box::new(map)))
+    }
+
+    /// pgoutput sends a domain column with the domain's oid: map it as its
+    /// base type (an integer domain stays a number). Only user-defined oids
+    /// (>= 16384) can be domains; the answer is cached for the session.
+    async fn resolve_domains(&mut self, rel: &mut Relation) -> Result<(), CaptureError> {
+        const FIRST_NORMAL_OID: u32 = 16384;
+        for col in rel.columns.iter_mut() {
+            let mut oid = col.type_oid;
+            // Domains over domains: follow a few levels.
+            for _ in 0..8 {
+                if oid < FIRST_NORMAL_OID {
+                    break;
+                }
+                let base = match self.domain_base.get(&oid) {
+                    Some(b) => *b,
+                    None => {
+                        let row = self
+                            .db
+                            .query_opt(
+                                "SELECT CASE WHEN typtype = 'd' THEN typbasetype ELSE 0::oid END FROM pg_type WHERE oid = $1",
+                                &[&oid],
+                            )
+                            .await?;
+                        let base: u32 = row.map(|r| r.get(0)).unwrap_or(0);
+                        self.domain_base.insert(oid, base);
+                        base
+                    }
+                };
+                if base == 0 {
+                    break;
+                }
+                oid = base;
+            }
+            col.type_oid = oid;
+        }
+        Ok(())
     }
 
     fn object_for(&self, rel: &Relation) -> Option<&ObjectConfig> {
@@ -455,6 +508,10 @@ impl<'a> Session<'a> {
             .collect())
     }
 
+    fn batch_full(&self) -> bool {
+        self.pending.len() >= MAX_BATCH || self.pending_bytes >= MAX_BATCH_BYTES
+    }
+
     /// Write what is pending; acknowledge the last complete transaction.
     async fn flush(&mut self, client: &ReplicationClient) -> Result<(), CaptureError> {
         if self.pending.is_empty() && self.pending_commit_end.is_none() {
@@ -474,6 +531,7 @@ impl<'a> Session<'a> {
             self.metrics.notify_new_deliveries();
         }
         self.pending.clear();
+        self.pending_bytes = 0;
         if let Some(lsn) = self.pending_commit_end.take() {
             self.ack(client, lsn);
         }

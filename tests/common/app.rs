@@ -185,9 +185,11 @@ pub async fn wait_events(
     client: &tokio_postgres::Client,
     n: usize,
 ) -> Vec<(String, String, serde_json::Value)> {
-    super::wait_until(Duration::from_secs(30), &format!("{n} events in the ledger"), || async {
-        (event_count(client).await as usize >= n).then_some(())
-    })
+    super::wait_until(
+        Duration::from_secs(30),
+        &format!("{n} events in the ledger"),
+        || async { (event_count(client).await as usize >= n).then_some(()) },
+    )
     .await;
     events(client).await
 }
