@@ -220,6 +220,15 @@ async fn json_api_mirrors_the_cli() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = post_json(&s, "/api/deliveries/999999/retry").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let ok_id = s.delivery_id("ok", "succeeded").await;
+    let (status, body) = post_json(&s, &format!("/api/deliveries/{ok_id}/retry")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already succeeded")
+    );
 
     // Retry one: a new attempt is made.
     let before = s.attempts(id).await;

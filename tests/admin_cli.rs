@@ -199,6 +199,14 @@ async fn reports_and_actions() {
     )
     .await;
 
+    let ok_id = s.delivery_id("ok", "succeeded").await;
+    fails(
+        &s.config,
+        &["deliveries", "retry", &ok_id.to_string()],
+        "already succeeded",
+    )
+    .await;
+
     // retry --all-failed for one endpoint
     let r = ok_json(
         &s,

@@ -57,6 +57,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(
         "cross-origin requests are not accepted (open the admin page from this server's own address)"
     )]
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +90,9 @@ impl From<AdminError> for ApiError {
             | AdminError::EventNotFound(_)
             | AdminError::UnknownEndpoint { .. } => ApiError::NotFound(e.to_string()),
             AdminError::BadRequest { .. } => ApiError::BadRequest(e.to_string()),
+            AdminError::AlreadySucceeded(_) | AdminError::InFlight(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             AdminError::Ledger(LedgerError::NotSetUp { .. }) => {
                 ApiError::Unavailable(e.to_string())
             }

@@ -37,6 +37,14 @@ pub enum AdminError {
     )]
     EventNotFound(String),
     #[error(
+        "delivery {0} already succeeded; walhook does not send a delivered event again (receivers dedupe on the event id). `walhook deliveries show {0}` shows its attempts."
+    )]
+    AlreadySucceeded(i64),
+    #[error(
+        "an attempt of delivery {0} is under way right now; wait for its result (`walhook deliveries show {0}`), then retry if it failed"
+    )]
+    InFlight(i64),
+    #[error(
         "unknown endpoint `{id}`: the configured endpoints are {known}. Check the id, or add it to [[endpoints]] in the config."
     )]
     UnknownEndpoint { id: String, known: String },
@@ -817,27 +825,39 @@ impl<'a> Reports<'a> {
         Ok(Shown::Event(self.details(client, rows).await?))
     }
 
-    /// Put one delivery back in the queue with a fresh retry cycle.
+    /// Put one delivery back in the queue with a fresh retry cycle. A
+    /// succeeded delivery, or one being attempted right now, is refused.
     pub async fn retry(&self, client: &Client, id: i64) -> Result<RetryOutcome, AdminError> {
         self.ledger.ensure_exists(client).await?;
         let s = self.q();
-        let previous: Option<String> = client
+        let row = client
             .query_opt(
-                &format!("SELECT status FROM {s}.deliveries WHERE id = $1"),
+                &format!(
+                    "SELECT status, coalesce(lease_until > now(), false) FROM {s}.deliveries WHERE id = $1"
+                ),
                 &[&id],
             )
             .await
-            .map_err(LedgerError::from)?
-            .map(|r| r.get(0));
-        let Some(previous) = previous else {
+            .map_err(LedgerError::from)?;
+        let Some(row) = row else {
             return Err(AdminError::DeliveryNotFound(id));
         };
+        let previous: DeliveryState = row
+            .get::<_, String>(0)
+            .parse()
+            .unwrap_or(DeliveryState::Pending);
+        if previous == DeliveryState::Succeeded {
+            return Err(AdminError::AlreadySucceeded(id));
+        }
+        if row.get::<_, bool>(1) {
+            return Err(AdminError::InFlight(id));
+        }
         if !self.ledger.retry_delivery(client, id).await? {
             return Err(AdminError::DeliveryNotFound(id));
         }
         Ok(RetryOutcome {
             delivery_id: id,
-            previous_status: previous.parse().unwrap_or(DeliveryState::Pending),
+            previous_status: previous,
             queued: true,
         })
     }
