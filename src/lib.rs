@@ -99,6 +99,9 @@ pub async fn run(
     roles: Roles,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     preflight(&cfg).await?;
     let metrics = Arc::new(Metrics::new());
     let mut tasks = tokio::task::JoinSet::new();
