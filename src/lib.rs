@@ -100,6 +100,9 @@ pub async fn run(
     roles: Roles,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     preflight(&cfg).await?;
     let metrics = Arc::new(Metrics::new());
     // Bind before starting anything, so a taken port fails `run` at once.

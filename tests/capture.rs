@@ -303,22 +303,7 @@ async fn no_event_for_excluded_only_or_no_op_updates() {
         .await
         .unwrap()
         .get(0);
-    wait_until(Duration::from_secs(20), "slot confirmed past the updates", || {
-        let client = &client;
-        let lsn = lsn.clone();
-        let slot = db.name.clone();
-        async move {
-            let r = client
-                .query_one(
-                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                    &[&lsn, &slot],
-                )
-                .await
-                .ok()?;
-            r.get::<_, bool>(0).then_some(())
-        }
-    })
-    .await;
+    app::wait_slot_confirmed(&client, &db.name, &lsn, Duration::from_secs(20)).await;
     let ev2 = app::events(&client).await;
     assert_eq!(ev2.len(), 2, "{ev:?}");
     assert_eq!(ev2[1].0, "user.update");

@@ -31,22 +31,6 @@ async fn current_lsn(client: &tokio_postgres::Client) -> String {
         .get(0)
 }
 
-/// Wait until the walhook slot has confirmed everything up to `lsn`, i.e. the
-/// ledger holds every event committed before it.
-async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str, lsn: &str, timeout: Duration) {
-    wait_until(timeout, "the walhook slot to confirm the whole workload", || async {
-        let r = client
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[&lsn, &slot],
-            )
-            .await
-            .ok()?;
-        r.get::<_, bool>(0).then_some(())
-    })
-    .await;
-}
-
 /// (verb, key) -> count, from the wal2json oracle slot.
 async fn oracle_changes(
     client: &tokio_postgres::Client,
@@ -188,7 +172,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         child = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
     }
     let end = current_lsn(&client).await;
-    wait_caught_up(&client, &db.name, &end, Duration::from_secs(120)).await;
+    app::wait_slot_confirmed(&client, &db.name, &end, Duration::from_secs(120)).await;
     kill9(&mut child);
 
     let expected = oracle_changes(&client, &oracle).await;

@@ -282,6 +282,14 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Wake dispatchers (in every process) listening on the ledger's channel.
+    pub async fn notify(&self, client: &Client) -> Result<(), LedgerError> {
+        client
+            .execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
+            .await?;
+        Ok(())
+    }
+
     /// The last position whose events the ledger holds, if any.
     pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<u64>, LedgerError> {
         let s = self.q();

@@ -306,12 +306,7 @@ impl Ledger {
             )
             .await?;
         if n > 0 {
-            client
-                .execute(
-                    "SELECT pg_notify($1, '')",
-                    &[&super::notify_channel(self.schema())],
-                )
-                .await?;
+            self.notify(client).await?;
         }
         Ok(n > 0)
     }
@@ -337,12 +332,7 @@ impl Ledger {
             )
             .await?;
         if n > 0 {
-            client
-                .execute(
-                    "SELECT pg_notify($1, '')",
-                    &[&super::notify_channel(self.schema())],
-                )
-                .await?;
+            self.notify(client).await?;
         }
         Ok(n)
     }
@@ -371,12 +361,7 @@ impl Ledger {
             )
             .await?;
         if n > 0 && enabled {
-            client
-                .execute(
-                    "SELECT pg_notify($1, '')",
-                    &[&super::notify_channel(self.schema())],
-                )
-                .await?;
+            self.notify(client).await?;
         }
         Ok(n > 0)
     }

@@ -97,6 +97,7 @@ pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfi
     // Names inside publication_names are split like identifiers: quote ours so
     // that a mixed-case name is not folded to lower case.
     let publication = format!("\"{}\"", cfg.source.publication.replace('"', "\"\""));
+    let slot = cfg.source.slot.clone();
     let mut rc = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
             dir.display().to_string(),
@@ -104,27 +105,16 @@ pub fn replication_config(url: &Secret, cfg: &Config) -> Result<ReplicationConfi
             user,
             password,
             dbname,
-            cfg.source.slot.clone(),
+            slot,
             publication,
         ),
-        Some(tokio_postgres::config::Host::Tcp(host)) => ReplicationConfig::new(
-            host.clone(),
-            user,
-            password,
-            dbname,
-            cfg.source.slot.clone(),
-            publication,
-        )
-        .with_port(port),
-        None => ReplicationConfig::new(
-            "localhost",
-            user,
-            password,
-            dbname,
-            cfg.source.slot.clone(),
-            publication,
-        )
-        .with_port(port),
+        host => {
+            let host = match host {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                _ => "localhost".to_string(),
+            };
+            ReplicationConfig::new(host, user, password, dbname, slot, publication).with_port(port)
+        }
     };
     let tls = match pg.get_ssl_mode() {
         tokio_postgres::config::SslMode::Require => TlsConfig::require(),

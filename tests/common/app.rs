@@ -193,3 +193,24 @@ pub async fn wait_events(
     .await;
     events(client).await
 }
+
+/// Wait until the slot has confirmed everything up to `lsn` (text form), i.e.
+/// the ledger holds every event committed before it.
+pub async fn wait_slot_confirmed(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    lsn: &str,
+    timeout: Duration,
+) {
+    super::wait_until(timeout, "the walhook slot to confirm the workload", || async {
+        let r = client
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&lsn, &slot],
+            )
+            .await
+            .ok()?;
+        r.get::<_, bool>(0).then_some(())
+    })
+    .await;
+}
