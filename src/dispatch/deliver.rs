@@ -300,6 +300,15 @@ impl<'a> Dispatcher<'a> {
                 }
                 NextState::Succeeded
             };
+            tracing::debug!(
+                delivery = d.claimed.delivery_id,
+                endpoint = %ep,
+                event = %d.claimed.event_id,
+                attempt = d.claimed.attempts + 1,
+                outcome = %outcome.message(),
+                ?next,
+                "attempt finished"
+            );
             let outcome_label = match next {
                 NextState::Succeeded => "success",
                 NextState::RetryAt(_) => "failure",
