@@ -722,3 +722,35 @@ async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
         .get(0);
     assert!(lag);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_none_sends_a_records_events_in_parallel() {
+    // Each answer takes 400 ms. With per-record order, the five events of one
+    // row would arrive at least 400 ms apart; with "none" they all go out
+    // while the first is still unanswered.
+    let recv = Receiver::start(Behaviour::script(|_, _| {
+        Reply::Hang(Duration::from_millis(400))
+    }))
+    .await;
+    let eps = endpoint("crm", &format!("{}h", recv.url()), "")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    let policy = "[delivery]\nordering = \"none\"\nlease = \"30s\"\n";
+    let (_db, client, run) = start("ordering_none", &eps, policy).await;
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO leads VALUES ('l1', 'a', 0); UPDATE leads SET score = 1; UPDATE leads SET score = 2;
+             UPDATE leads SET score = 3; UPDATE leads SET score = 4; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let reqs = recv.wait_for_requests(5, Duration::from_secs(10)).await;
+    let first = reqs[0].received_at;
+    let last = reqs[4].received_at;
+    let spread = last.duration_since(first).unwrap();
+    assert!(
+        spread < Duration::from_millis(400),
+        "all five in flight together, spread {spread:?}"
+    );
+    wait_status(&client, "crm", "succeeded", 5, Duration::from_secs(10)).await;
+    run.stop().await;
+}
