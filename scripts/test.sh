@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs walhook's whole test suite on this machine: installs missing system
-# packages (scripts/install-deps.sh), then unit, integration and doc tests.
+# packages (scripts/install-deps.sh), then the unit and integration tests.
 # Extra arguments go to `cargo test`, e.g. a test name filter and test
 # harness flags: `scripts/test.sh hard_kill -- --nocapture`.
 # Exits with cargo's status.
