@@ -110,11 +110,17 @@ impl Ledger {
             per_record,
         } = *req;
         let s = self.q();
+        // "d is the record's earliest open delivery for this endpoint", as a
+        // correlated scalar subquery rather than NOT EXISTS: an anti-join lets
+        // the planner, misled by the stale statistics of a young ledger,
+        // probe deliveries_record by endpoint alone and filter every open
+        // delivery per candidate (hundreds of ms per claim); a subquery
+        // parameterised by (endpoint_id, record) can only be one index probe.
         let order_clause = if per_record {
             format!(
-                "AND NOT EXISTS (SELECT 1 FROM {s}.deliveries p
+                "AND d.event_seq = (SELECT min(p.event_seq) FROM {s}.deliveries p
                     WHERE p.endpoint_id = d.endpoint_id AND p.record = d.record
-                      AND p.status IN ('pending', 'retrying') AND p.event_seq < d.event_seq)"
+                      AND p.status IN ('pending', 'retrying'))"
             )
         } else {
             String::new()
