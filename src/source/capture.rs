@@ -2,12 +2,17 @@
 //! the ledger. The slot is acknowledged only up to the end of a transaction
 //! whose events the ledger has committed, so a crash at any moment replays
 //! from there and the deterministic ids turn the replay into no-ops.
+//!
+//! Decoding and writing overlap: a writer task commits batches in order on
+//! its own connection while the session decodes the next one. It reports
+//! each commit back, and only then is the slot acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +40,11 @@ const STREAM_BUFFER: usize = 1024;
 /// How long complete transactions may wait to be batched with later ones.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
+/// Batches queued for the writer beyond the one it is writing. With the one
+/// being filled, at most `WRITE_QUEUE + 2` batches (each within `MAX_BATCH`
+/// events and `MAX_BATCH_BYTES`) are in memory.
+const WRITE_QUEUE: usize = 1;
+
 /// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
@@ -56,6 +66,8 @@ pub enum CaptureError {
     UnknownRelation(u32),
     #[error("replication stream ended")]
     Ended,
+    #[error("the ledger writer stopped")]
+    WriterGone,
 }
 
 impl CaptureError {
@@ -185,12 +197,146 @@ struct OpenTxn {
     change_index: u32,
 }
 
-/// One replication session: one connection to the slot, one to the ledger.
+/// Events for one ledger transaction, and the position to record with them.
+struct Batch {
+    events: Vec<NewEvent>,
+    /// End LSN of the last complete transaction in the batch, if any.
+    progress: Option<u64>,
+    /// Body bytes of `events`.
+    bytes: usize,
+}
+
+/// What the writer has committed so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Written {
+    /// Batches committed, counted from the start of the session.
+    batches: u64,
+    /// The highest progress position among them (0 if none).
+    lsn: u64,
+}
+
+/// The ledger writer: appends batches in the order they are sent, one
+/// transaction each, and publishes what it has committed.
+async fn write_batches(
+    mut db: Client,
+    ledger: Ledger,
+    slot: String,
+    metrics: Arc<Metrics>,
+    mut batches: mpsc::Receiver<Batch>,
+    written: watch::Sender<Written>,
+) -> Result<(), LedgerError> {
+    let mut done = Written::default();
+    while let Some(batch) = batches.recv().await {
+        let progress = batch.progress.map(|lsn| (slot.as_str(), lsn));
+        let Appended { events, .. } = ledger.append(&mut db, &batch.events, progress).await?;
+        for e in &batch.events {
+            metrics.event_captured(&e.event.name);
+        }
+        if events > 0 {
+            metrics.notify_new_deliveries();
+        }
+        done.batches += 1;
+        if let Some(lsn) = batch.progress {
+            done.lsn = done.lsn.max(lsn);
+        }
+        written.send_replace(done);
+    }
+    Ok(())
+}
+
+/// The session's end of the writer.
+struct Writer {
+    /// `None` once closed for a graceful stop.
+    batches: Option<mpsc::Sender<Batch>>,
+    written: watch::Receiver<Written>,
+    task: tokio::task::JoinHandle<Result<(), LedgerError>>,
+    sent: u64,
+}
+
+impl Writer {
+    fn start(db: Client, ledger: Ledger, slot: String, metrics: Arc<Metrics>) -> Writer {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (written_tx, written) = watch::channel(Written::default());
+        let task = tokio::spawn(write_batches(db, ledger, slot, metrics, rx, written_tx));
+        Writer {
+            batches: Some(tx),
+            written,
+            task,
+            sent: 0,
+        }
+    }
+
+    /// Every batch sent so far is committed.
+    fn idle(&self) -> bool {
+        self.written.borrow().batches == self.sent
+    }
+
+    /// Queue a batch, waiting while the queue is full.
+    async fn send(&mut self, batch: Batch) -> Result<(), CaptureError> {
+        let tx = self.batches.as_ref().ok_or(CaptureError::WriterGone)?;
+        if tx.send(batch).await.is_err() {
+            return Err(self.failure().await);
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Queue a batch only if there is room now; gives it back otherwise.
+    fn try_send(&mut self, batch: Batch) -> Result<Option<Batch>, CaptureError> {
+        let tx = self.batches.as_ref().ok_or(CaptureError::WriterGone)?;
+        match tx.try_send(batch) {
+            Ok(()) => {
+                self.sent += 1;
+                Ok(None)
+            }
+            Err(mpsc::error::TrySendError::Full(batch)) => Ok(Some(batch)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CaptureError::WriterGone),
+        }
+    }
+
+    /// Resolves when the writer has committed another batch (or failed).
+    async fn committed(&mut self) -> Result<Written, CaptureError> {
+        if self.written.changed().await.is_err() {
+            return Err(self.failure().await);
+        }
+        Ok(*self.written.borrow_and_update())
+    }
+
+    /// Close the queue and wait until everything sent is committed.
+    async fn finish(&mut self) -> Result<Written, CaptureError> {
+        self.batches = None;
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(*self.written.borrow()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(CaptureError::WriterGone),
+        }
+    }
+
+    /// Why the writer ended early.
+    async fn failure(&mut self) -> CaptureError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e.into(),
+            _ => CaptureError::WriterGone,
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A session that ends on an error must not leave a writer behind
+        // that commits (harmlessly, but confusingly) after a new session started.
+        self.task.abort();
+    }
+}
+
+/// One replication session: one connection to the slot, one for catalog
+/// lookups and one (the writer's) for appending to the ledger.
 struct Session<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
     ledger: Ledger,
     db: Client,
+    writer: Writer,
     relations: HashMap<u32, RelState>,
     type_names: HashMap<u32, String>,
     /// Domain oid -> base type oid (0: not a domain).
@@ -206,21 +352,29 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     async fn run(
         cfg: &'a Config,
-        metrics: &'a Metrics,
+        metrics: &'a Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
         let db = ledger::connect(&cfg.source.url, "walhook capture").await?;
+        let writer_db = ledger::connect(&cfg.source.url, "walhook capture writer").await?;
         let ledger = Ledger::new(&cfg.ledger.schema);
         let mut client =
             ReplicationClient::connect(replication_config(&cfg.source.url, cfg)?).await?;
         client.wait_started().await?;
         tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
         metrics.set_streaming(true);
+        let writer = Writer::start(
+            writer_db,
+            ledger.clone(),
+            cfg.source.slot.clone(),
+            metrics.clone(),
+        );
         let mut s = Session {
             cfg,
             metrics,
             ledger,
             db,
+            writer,
             relations: HashMap::new(),
             type_names: HashMap::new(),
             domain_base: HashMap::new(),
@@ -230,7 +384,11 @@ impl<'a> Session<'a> {
             pending_commit_end: None,
             acked: 0,
         };
-        let result = s.stream(&mut client, shutdown).await;
+        let mut result = s.stream(&mut client, shutdown).await;
+        if result.is_ok() {
+            // Graceful stop: everything queued is committed, then acknowledged.
+            result = s.writer.finish().await.map(|w| s.ack(&client, w.lsn));
+        }
         if result.is_ok() {
             s.stop(&mut client).await;
         } else {
@@ -249,11 +407,21 @@ impl<'a> Session<'a> {
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.flush(client).await?;
+                    self.flush().await?;
                     return Ok(());
                 }
+                written = self.writer.committed() => {
+                    self.ack(client, written?.lsn);
+                    // The writer has room again: hand over what lingered.
+                    if flush_at.is_none() {
+                        self.try_flush()?;
+                    }
+                    continue;
+                }
                 _ = async { tokio::time::sleep_until(flush_at.unwrap()).await }, if flush_at.is_some() => {
-                    self.flush(client).await?;
+                    // While the writer is busy, keep collecting: bigger
+                    // batches, and the next commit report flushes them.
+                    self.try_flush()?;
                     flush_at = None;
                     continue;
                 }
@@ -277,7 +445,7 @@ impl<'a> Session<'a> {
                 ReplicationEvent::XLogData { data, .. } => {
                     self.handle(pgoutput::decode(&data)?).await?;
                     if self.batch_full() {
-                        self.flush(client).await?;
+                        self.flush().await?;
                         flush_at = None;
                     }
                 }
@@ -291,7 +459,7 @@ impl<'a> Session<'a> {
                     self.metrics
                         .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
                     if self.batch_full() {
-                        self.flush(client).await?;
+                        self.flush().await?;
                         flush_at = None;
                     } else if flush_at.is_none() {
                         flush_at = Some(tokio::time::Instant::now() + BATCH_LINGER);
@@ -304,6 +472,7 @@ impl<'a> Session<'a> {
                     if self.txn.is_none()
                         && self.pending.is_empty()
                         && self.pending_commit_end.is_none()
+                        && self.writer.idle()
                         && wal_end.as_u64() > self.acked
                     {
                         self.ack(client, wal_end.as_u64());
@@ -502,28 +671,36 @@ impl<'a> Session<'a> {
         self.pending.len() >= MAX_BATCH || self.pending_bytes >= MAX_BATCH_BYTES
     }
 
-    /// Write what is pending; acknowledge the last complete transaction.
-    async fn flush(&mut self, client: &ReplicationClient) -> Result<(), CaptureError> {
+    /// What is pending, as a batch for the writer (`None` if nothing is).
+    fn take_batch(&mut self) -> Option<Batch> {
         if self.pending.is_empty() && self.pending_commit_end.is_none() {
+            return None;
+        }
+        Some(Batch {
+            events: std::mem::replace(&mut self.pending, Vec::with_capacity(MAX_BATCH)),
+            progress: self.pending_commit_end.take(),
+            bytes: std::mem::take(&mut self.pending_bytes),
+        })
+    }
+
+    /// Hand what is pending to the writer, waiting for room. The slot is
+    /// acknowledged when the writer reports the commit.
+    async fn flush(&mut self) -> Result<(), CaptureError> {
+        match self.take_batch() {
+            Some(batch) => self.writer.send(batch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hand what is pending to the writer if it has room now; otherwise keep it.
+    fn try_flush(&mut self) -> Result<(), CaptureError> {
+        let Some(batch) = self.take_batch() else {
             return Ok(());
-        }
-        let progress = self
-            .pending_commit_end
-            .map(|lsn| (self.cfg.source.slot.as_str(), lsn));
-        let Appended { events, .. } = self
-            .ledger
-            .append(&mut self.db, &self.pending, progress)
-            .await?;
-        for e in &self.pending {
-            self.metrics.event_captured(&e.event.name);
-        }
-        if events > 0 {
-            self.metrics.notify_new_deliveries();
-        }
-        self.pending.clear();
-        self.pending_bytes = 0;
-        if let Some(lsn) = self.pending_commit_end.take() {
-            self.ack(client, lsn);
+        };
+        if let Some(batch) = self.writer.try_send(batch)? {
+            self.pending = batch.events;
+            self.pending_commit_end = batch.progress;
+            self.pending_bytes = batch.bytes;
         }
         Ok(())
     }
