@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS "walhook".deliveries (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (event_seq, endpoint_id)
-);
+) WITH (fillfactor = 50);
 
 CREATE INDEX IF NOT EXISTS deliveries_due ON "walhook".deliveries (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'retrying');
