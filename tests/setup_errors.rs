@@ -167,3 +167,25 @@ async fn wal_level_not_logical() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_of_the_same_name_in_another_database() {
+    let first = fresh_db("slot_owner").await;
+    let second = fresh_db("slot_other").await;
+    for db in [&first, &second] {
+        db.psql(CRM_TABLES).await;
+    }
+    // Both configs name the same slot: slots are cluster-wide.
+    let cfg1 = app::config_text(&first, CRM_OBJECTS, "");
+    let cfg2 = app::config_text(&second, CRM_OBJECTS, "").replace(
+        &format!("slot = \"{}\"", second.name),
+        &format!("slot = \"{}\"", first.name),
+    );
+    let (_d1, p1) = app::write_config(&cfg1);
+    let (_d2, p2) = app::write_config(&cfg2);
+    assert!(app::run_cli(&p1, &["setup"]).0);
+    let (ok, _, err) = app::run_cli(&p2, &["setup"]);
+    assert!(!ok);
+    assert!(err.contains("belongs to database"), "{err}");
+    assert!(err.contains(&first.name), "{err}");
+}

@@ -29,6 +29,10 @@ pub enum SetupError {
     )]
     SlotPlugin { slot: String, plugin: String },
     #[error(
+        "replication slot {slot} belongs to database '{database}', not this one (slot names are shared by the whole cluster). Choose another `source.slot` for this database, or drop the other slot if it is unused."
+    )]
+    SlotElsewhere { slot: String, database: String },
+    #[error(
         "permission denied while trying to {action}: {detail}. The role needs REPLICATION, CREATE on the database, and ownership of the mapped tables (see sql/00-role.sql), or a DBA can run the statements of `walhook setup --print-sql`."
     )]
     Privilege { action: String, detail: String },
@@ -180,16 +184,26 @@ pub fn mapped_tables(cfg: &Config) -> Vec<(String, String)> {
     v
 }
 
-/// The slot's output plugin, if the slot exists.
+/// The slot's output plugin, if the slot exists. Slot names are
+/// cluster-wide: a slot of that name in another database is an error.
 pub async fn slot_plugin(client: &Client, slot: &str) -> Result<Option<String>, SetupError> {
     let row = client
         .query_opt(
-            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, database::text, database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(db_err("look up the replication slot"))?;
-    Ok(row.map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()))
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if row.get::<_, Option<bool>>(2) != Some(true) {
+        return Err(SetupError::SlotElsewhere {
+            slot: slot.to_string(),
+            database: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        });
+    }
+    Ok(Some(row.get::<_, Option<String>>(0).unwrap_or_default()))
 }
 
 /// Run setup; returns what was done, step by step.
