@@ -11,7 +11,7 @@ use crate::config::{Config, ReplicaIdentity};
 use crate::ledger;
 use crate::source::setup::{self, SetupError};
 
-use super::report::{Reports, human_bytes, human_duration};
+use super::report::{Reports, human_lag};
 
 /// How long one endpoint host name may take to resolve.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -403,15 +403,7 @@ async fn slot(client: &Client, cfg: &Config, ledger_ok: bool) -> Check {
             "changes were lost; drop and recreate it with `walhook teardown --yes` then `walhook setup`, and raise max_slot_wal_keep_size",
         );
     }
-    let lag = match (s.lag_bytes, s.lag_seconds) {
-        (Some(b), Some(t)) => format!(
-            "lag {} / {}",
-            human_bytes(b),
-            human_duration(Duration::from_secs_f64(t))
-        ),
-        (Some(b), None) => format!("lag {}", human_bytes(b)),
-        _ => "lag unknown".into(),
-    };
+    let lag = human_lag(s.lag_bytes, s.lag_seconds);
     Check::ok(
         &name,
         format!(

@@ -5,12 +5,10 @@
 //! the operator's terminal.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::check::{CheckReport, CheckState};
 use super::report::{
-    DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status, human_bytes,
-    human_duration,
+    DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status, human_lag,
 };
 
 /// Control characters escaped (`\n`, `\u{1b}`), everything else as is.
@@ -75,15 +73,7 @@ pub fn status(s: &Status) -> String {
     let _ = writeln!(out, "ledger     schema {}", s.ledger_schema);
     let slot = &s.slot;
     if slot.exists {
-        let lag = match (slot.lag_bytes, slot.lag_seconds) {
-            (Some(b), Some(t)) => format!(
-                "lag {} / {}",
-                human_bytes(b),
-                human_duration(Duration::from_secs_f64(t))
-            ),
-            (Some(b), None) => format!("lag {}", human_bytes(b)),
-            _ => "lag unknown".into(),
-        };
+        let lag = human_lag(slot.lag_bytes, slot.lag_seconds);
         let _ = writeln!(
             out,
             "slot       {} ({}, {}{}), {lag}",

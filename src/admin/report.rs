@@ -977,7 +977,7 @@ pub async fn ping_with(
         "{}:walhook:{now_ms}:{}:{PING_EVENT}:{}",
         cfg.source.name,
         ep.id,
-        random_suffix()
+        crate::event::id::random_suffix()
     );
     let body = Bytes::from_static(PING_BODY.as_bytes());
     let headers = sign::signed_headers(
@@ -1005,14 +1005,17 @@ pub async fn ping_with(
     })
 }
 
-fn random_suffix() -> String {
-    use rand::Rng;
-    use rand::distributions::Alphanumeric;
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect()
+/// Slot lag for humans: `lag 1.2 MB / 3s`, or what is known of it.
+pub fn human_lag(bytes: Option<i64>, seconds: Option<f64>) -> String {
+    match (bytes, seconds) {
+        (Some(b), Some(t)) => format!(
+            "lag {} / {}",
+            human_bytes(b),
+            human_duration(Duration::from_secs_f64(t))
+        ),
+        (Some(b), None) => format!("lag {}", human_bytes(b)),
+        _ => "lag unknown".into(),
+    }
 }
 
 /// A duration in the largest unit that keeps it readable (`3s`, `2m05s`, `4h10m`, `2d3h`).

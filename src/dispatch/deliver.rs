@@ -388,7 +388,7 @@ impl<'a> Dispatcher<'a> {
             self.cfg.source.name,
             now_micros / 1000,
             endpoint,
-            random_suffix()
+            crate::event::id::random_suffix()
         );
         let ev = NewEvent {
             event: crate::event::Event {
@@ -450,16 +450,4 @@ async fn listen(
             _ = subscribe => {}
         }
     }))
-}
-
-/// 8 random `[0-9A-Za-z]` characters: events walhook makes itself (not from
-/// WAL) have no commit position to derive a suffix from.
-fn random_suffix() -> String {
-    use rand::Rng;
-    use rand::distributions::Alphanumeric;
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect()
 }

@@ -54,6 +54,19 @@ pub fn suffix(commit_lsn: u64, change_index: u32) -> String {
     out.iter().map(|&b| char::from(b)).collect()
 }
 
+/// 8 random `[0-9A-Za-z]` characters, for events walhook makes itself
+/// (`endpoint.disabled`, `walhook.ping`): they have no commit position to
+/// derive a suffix from.
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(SUFFIX_LEN)
+        .map(char::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

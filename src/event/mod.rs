@@ -13,7 +13,7 @@ pub mod value;
 
 use serde_json::{Map, Value};
 
-use crate::source::pgoutput::{Datum, OldKind, Relation, Tuple};
+use crate::source::pgoutput::{Datum, Message, OldKind, Relation, Tuple};
 
 /// Everything needed to map the changes of one mapped table.
 #[derive(Debug, Clone)]
@@ -181,6 +181,23 @@ pub enum RowChange {
     Delete {
         old: (OldKind, Tuple),
     },
+}
+
+impl RowChange {
+    /// The row change a pgoutput message carries, with its relation id; any
+    /// other message is given back.
+    pub fn from_message(msg: Message) -> Result<(u32, RowChange), Message> {
+        match msg {
+            Message::Insert { relation_id, new } => Ok((relation_id, RowChange::Insert { new })),
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => Ok((relation_id, RowChange::Update { old, new })),
+            Message::Delete { relation_id, old } => Ok((relation_id, RowChange::Delete { old })),
+            other => Err(other),
+        }
+    }
 }
 
 /// Where the change sits in the WAL: makes ids deterministic across replays.
@@ -790,8 +807,9 @@ mod tests {
         let mut out = Vec::new();
         for (index, hex_text) in PG15_STREAM.iter().enumerate() {
             let data = Bytes::from(hex::decode(hex_text).unwrap());
-            let change = match decode(&data).unwrap() {
-                Message::Relation(r) => {
+            let change = match RowChange::from_message(decode(&data).unwrap()) {
+                Ok(change) => change,
+                Err(Message::Relation(r)) => {
                     let (slug, keys) = if r.name == "leads" {
                         ("lead", vec![0])
                     } else {
@@ -804,14 +822,7 @@ mod tests {
                     );
                     continue;
                 }
-                Message::Insert { relation_id, new } => (relation_id, RowChange::Insert { new }),
-                Message::Update {
-                    relation_id,
-                    old,
-                    new,
-                } => (relation_id, RowChange::Update { old, new }),
-                Message::Delete { relation_id, old } => (relation_id, RowChange::Delete { old }),
-                other => panic!("unexpected {other:?}"),
+                Err(other) => panic!("unexpected {other:?}"),
             };
             let ctx = ChangeContext {
                 change_index: index as u32,

@@ -518,14 +518,11 @@ impl<'a> Session<'a> {
                 }
                 return Ok(());
             }
-            Message::Insert { relation_id, new } => (relation_id, RowChange::Insert { new }),
-            Message::Update {
-                relation_id,
-                old,
-                new,
-            } => (relation_id, RowChange::Update { old, new }),
-            Message::Delete { relation_id, old } => (relation_id, RowChange::Delete { old }),
-            Message::Origin { .. } | Message::Other(_) => return Ok(()),
+            other => match RowChange::from_message(other) {
+                Ok(change) => change,
+                // Origin and anything else carry no row.
+                Err(_) => return Ok(()),
+            },
         };
         let (relation_id, change) = change;
         let Some(txn) = self.txn.as_mut() else {
