@@ -24,6 +24,10 @@ use crate::metrics::Metrics;
 /// (a safety net: wake-ups come from NOTIFY and the in-process signal).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
+/// How often successes are written to the endpoints' health even when this
+/// process saw no failure (another process may have).
+const HEALTH_REFRESH: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error(transparent)]
@@ -84,6 +88,12 @@ struct Dispatcher<'a> {
     db: Client,
     endpoints: HashMap<String, EndpointConfig>,
     endpoint_ids: Vec<String>,
+    /// Endpoints whose failing clock may be running in the ledger: only
+    /// their successes need a write to stop it. All of them at start and
+    /// again every `HEALTH_REFRESH`, since another process may have started
+    /// the clock meanwhile.
+    maybe_failing: std::collections::HashSet<String>,
+    health_refreshed: tokio::time::Instant,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -112,6 +122,8 @@ impl<'a> Dispatcher<'a> {
                 .iter()
                 .map(|e| (e.id.clone(), e.clone()))
                 .collect(),
+            maybe_failing: endpoint_ids.iter().cloned().collect(),
+            health_refreshed: tokio::time::Instant::now(),
             endpoint_ids,
         };
         let result = d.run_loop(&wake, shutdown).await;
@@ -340,7 +352,7 @@ impl<'a> Dispatcher<'a> {
             }
         }
         done.clear();
-        self.ledger.record(&mut self.db, self.owner, &rows).await?;
+        self.ledger.record(&self.db, self.owner, &rows).await?;
         for ep in &gone {
             if self
                 .ledger
@@ -351,15 +363,28 @@ impl<'a> Dispatcher<'a> {
                 self.notify_disabled(ep, "410 Gone").await?;
             }
         }
-        let disabled = self
-            .ledger
-            .endpoint_health(
-                &self.db,
-                &ok_eps,
-                &failed_eps,
-                self.cfg.delivery.endpoint_disable_after,
-            )
-            .await?;
+        // Successes of endpoints not known to be failing need no write.
+        if self.health_refreshed.elapsed() >= HEALTH_REFRESH {
+            self.maybe_failing.extend(self.endpoint_ids.iter().cloned());
+            self.health_refreshed = tokio::time::Instant::now();
+        }
+        ok_eps.retain(|ep| self.maybe_failing.contains(ep));
+        let disabled = if ok_eps.is_empty() && failed_eps.is_empty() {
+            Vec::new()
+        } else {
+            self.ledger
+                .endpoint_health(
+                    &self.db,
+                    &ok_eps,
+                    &failed_eps,
+                    self.cfg.delivery.endpoint_disable_after,
+                )
+                .await?
+        };
+        for ep in &ok_eps {
+            self.maybe_failing.remove(ep);
+        }
+        self.maybe_failing.extend(failed_eps.iter().cloned());
         for ep in disabled {
             tracing::warn!(endpoint = %ep, "endpoint failed continuously for endpoint_disable_after: disabled");
             self.notify_disabled(&ep, "failing continuously").await?;

@@ -189,12 +189,12 @@ impl Ledger {
         Ok(row.get(0))
     }
 
-    /// Record finished attempts and move their deliveries on, in one
-    /// transaction. Rows whose lease is no longer ours are skipped (another
+    /// Record finished attempts and move their deliveries on, atomically (one
+    /// statement). Rows whose lease is no longer ours are skipped (another
     /// process took the delivery over after our lease ran out).
     pub async fn record(
         &self,
-        client: &mut Client,
+        client: &Client,
         owner: &str,
         rows: &[AttemptRow],
     ) -> Result<u64, LedgerError> {
@@ -230,46 +230,47 @@ impl Ledger {
             excerpts.push(r.response_excerpt.as_deref());
             headers.push(r.request_headers.as_str());
         }
-        let tx = client.transaction().await?;
-        let updated = tx
-            .query(
+        // One statement, so one round trip and atomic without BEGIN/COMMIT:
+        // the update keeps only rows whose lease is still ours, and only
+        // those get an attempt row.
+        let row = client
+            .query_one(
                 &format!(
                     "WITH r AS (
-                       SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[], $5::text[])
-                         AS r(id, status, next_at, code, err)
+                       SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[],
+                                            $5::text[], $6::timestamptz[], $7::int4[], $8::text[],
+                                            $9::text[], $10::text[])
+                         AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers)
+                     ), upd AS (
+                       UPDATE {s}.deliveries d
+                          SET status = r.status,
+                              next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
+                              attempts = d.attempts + 1,
+                              cycle_attempts = d.cycle_attempts + 1,
+                              lease_owner = NULL, lease_until = NULL,
+                              last_status_code = r.code, last_error = r.err,
+                              updated_at = now()
+                         FROM r
+                        WHERE d.id = r.id AND d.lease_owner = $11
+                       RETURNING d.id
+                     ), ins AS (
+                       INSERT INTO {s}.attempts
+                         (delivery_id, started_at, duration_ms, status_code, error_kind, error,
+                          response_excerpt, request_headers)
+                       SELECT r.id, r.started, r.dur, r.code, r.kind, r.err, r.excerpt, r.headers::jsonb
+                       FROM r JOIN upd USING (id)
+                       RETURNING 1
                      )
-                     UPDATE {s}.deliveries d
-                        SET status = r.status,
-                            next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
-                            attempts = d.attempts + 1,
-                            cycle_attempts = d.cycle_attempts + 1,
-                            lease_owner = NULL, lease_until = NULL,
-                            last_status_code = r.code, last_error = r.err,
-                            updated_at = now()
-                       FROM r
-                      WHERE d.id = r.id AND d.lease_owner = $6
-                     RETURNING d.id"
+                     SELECT count(*) FROM ins"
                 ),
-                &[&ids, &status, &next_at, &codes, &errors, &owner],
+                &[
+                    &ids, &status, &next_at, &codes, &errors, &started, &durations, &kinds,
+                    &excerpts, &headers, &owner,
+                ],
             )
             .await?;
-        let kept: Vec<i64> = updated.iter().map(|r| r.get(0)).collect();
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}.attempts
-                   (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt, request_headers)
-                 SELECT a.id, a.started, a.dur, a.code, a.kind, a.err, a.excerpt, a.headers::jsonb
-                 FROM unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[])
-                   AS a(id, started, dur, code, kind, err, excerpt, headers)
-                 WHERE a.id = ANY($9)"
-            ),
-            &[
-                &ids, &started, &durations, &codes, &kinds, &errors, &excerpts, &headers, &kept,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(kept.len() as u64)
+        let kept: i64 = row.get(0);
+        Ok(kept as u64)
     }
 
     /// Give leases back without an attempt (graceful stop).
