@@ -1,11 +1,14 @@
 //! `walhook demo` end to end: the real binary, run to completion and
 //! interrupted with SIGINT midway. Both must leave no cluster behind.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+use common::lines::{Lines, LinesEnd};
 
 /// The demo promises "well under a minute"; this leaves room for a slow machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -14,9 +17,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 /// once it has ended.
 struct Demo {
     pid: u32,
-    lines: Receiver<String>,
+    lines: Lines,
     exited: Receiver<ExitStatus>,
-    seen: Vec<String>,
 }
 
 impl Demo {
@@ -31,50 +33,26 @@ impl Demo {
             .expect("spawn walhook demo");
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (line_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = Lines::from_readers(vec![Box::new(stdout)]);
         let (exit_tx, exited) = mpsc::channel();
         std::thread::spawn(move || {
             if let Ok(status) = child.wait() {
                 let _ = exit_tx.send(status);
             }
         });
-        Demo {
-            pid,
-            lines,
-            exited,
-            seen: Vec::new(),
-        }
+        Demo { pid, lines, exited }
     }
 
     /// Read lines until one satisfies `pred`; panics with the output so far
     /// when the deadline passes or the output ends first.
     fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!("no line {what} within {RUN_TIMEOUT:?}:\n{}", self.output());
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("output ended without {what}:\n{}", self.output())
-                }
+        match self.lines.read_until(RUN_TIMEOUT, pred) {
+            Ok(line) => line,
+            Err(LinesEnd::Timeout) => {
+                self.kill();
+                panic!("no line {what} within {RUN_TIMEOUT:?}:\n{}", self.output());
             }
+            Err(LinesEnd::Closed) => panic!("output ended without {what}:\n{}", self.output()),
         }
     }
 
@@ -92,9 +70,7 @@ impl Demo {
             }
         };
         // The pipe closes once the process is gone.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
-            self.seen.push(line);
-        }
+        self.lines.drain(Duration::from_secs(10));
         status
     }
 
@@ -105,7 +81,7 @@ impl Demo {
     }
 
     fn output(&self) -> String {
-        self.seen.join("\n")
+        self.lines.output()
     }
 }
 

@@ -2,10 +2,12 @@
 //! signing code verify, wrongly signed or unsigned ones do not, and no secret
 //! ever appears in what it prints.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::lines::Lines;
 
 use walhook::config::{EndpointConfig, Secret, SigningScheme};
 use walhook::dispatch::sign;
@@ -17,8 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `walhook listen` and everything it printed so far.
 struct Listen {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    lines: Lines,
     port: u16,
 }
 
@@ -36,25 +37,13 @@ impl Listen {
             cmd.env("WALHOOK_LISTEN_SECRET", s);
         }
         let mut child = cmd.spawn().expect("spawn walhook listen");
-        let (tx, lines) = mpsc::channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        let lines = Lines::from_readers(vec![
+            Box::new(child.stdout.take().unwrap()),
             Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        ]);
         let mut l = Listen {
             child,
             lines,
-            seen: Vec::new(),
             port: 0,
         };
         let banner = l.read_until("the banner", |line| {
@@ -69,20 +58,11 @@ impl Listen {
     }
 
     fn read_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("no {what} within {TIMEOUT:?}:\n{}", self.seen.join("\n"));
-                }
+        match self.lines.read_until(TIMEOUT, pred) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!("no {what} within {TIMEOUT:?}:\n{}", self.lines.output());
             }
         }
     }
@@ -91,11 +71,11 @@ impl Listen {
     fn block(&mut self, n: usize) -> String {
         let head = format!("#{n} ");
         self.read_until(&format!("request #{n}"), |l| l.starts_with(&head));
-        let start = self.seen.len() - 1;
+        let start = self.lines.seen.len() - 1;
         self.read_until(&format!("the answer to request #{n}"), |l| {
             l.starts_with("  → answered")
         });
-        self.seen[start..].join("\n")
+        self.lines.seen[start..].join("\n")
     }
 
     /// SIGINT, then the exit status and the whole output.
@@ -114,15 +94,11 @@ impl Listen {
                 let _ = self.child.kill();
                 panic!("walhook listen did not stop on SIGINT");
             }
-            // Wait for the next output line or a short while, then look again.
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.seen.push(line);
-            }
+            // Wait for output or a short while, then look again.
+            let _ = self.lines.read_until(Duration::from_millis(50), |_| true);
         };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status, self.seen.join("\n"))
+        self.lines.drain(Duration::from_secs(5));
+        (status, self.lines.output())
     }
 
     fn url(&self, path: &str) -> String {

@@ -455,3 +455,4 @@ impl AsyncWrite for KillableStream {
     }
 }
 pub mod app;
+pub mod lines;
