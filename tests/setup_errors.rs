@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::app::{self, CRM_OBJECTS, CRM_TABLES};
-use common::fresh_db;
+use common::{fresh_db, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_is_idempotent_and_prints_sql() {
@@ -188,4 +188,71 @@ async fn slot_of_the_same_name_in_another_database() {
     assert!(!ok);
     assert!(err.contains("belongs to database"), "{err}");
     assert!(err.contains(&first.name), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_asks_for_yes_then_drops_slot_and_publication() {
+    let db = fresh_db("teardown").await;
+    db.psql(CRM_TABLES).await;
+    let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
+    assert!(app::run_cli(&path, &["setup"]).0);
+    let client = db.connect().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()";
+    let pubs = "SELECT count(*) FROM pg_publication WHERE pubname = 'walhook'";
+    let ledger = "SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'";
+
+    let (ok, _, err) = app::run_cli(&path, &["teardown"]);
+    assert!(!ok);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(count(slots).await, 1, "nothing dropped without --yes");
+
+    // A running walhook holds the slot: teardown refuses.
+    let mut running = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
+    let slot = db.name.clone();
+    wait_until(Duration::from_secs(20), "walhook to stream", || async {
+        let r = client
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ok()?;
+        r.get::<_, bool>(0).then_some(())
+    })
+    .await;
+    let (ok, _, err) = app::run_cli(&path, &["teardown", "--yes"]);
+    assert!(!ok);
+    assert!(err.contains("in use"), "{err}");
+    running.kill().unwrap();
+    running.wait().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the slot to be released",
+        || async {
+            let r = client
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .ok()?;
+            (!r.get::<_, bool>(0)).then_some(())
+        },
+    )
+    .await;
+
+    let (ok, out, err) = app::run_cli(&path, &["teardown", "--yes"]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(count(slots).await, 0);
+    assert_eq!(count(pubs).await, 0);
+    assert_eq!(count(ledger).await, 1, "the ledger is kept");
+    assert!(out.contains("kept"), "{out}");
+
+    let (ok, _, _) = app::run_cli(&path, &["teardown", "--yes", "--drop-ledger"]);
+    assert!(ok);
+    assert_eq!(count(ledger).await, 0);
 }
