@@ -8,6 +8,30 @@ use std::time::{Duration, Instant};
 use common::app::{self, CRM_OBJECTS, CRM_TABLES};
 use common::{fresh_db, wait_until};
 
+/// Runs `walhook <args>`, which must fail; its stderr.
+fn fails(config: &std::path::Path, args: &[&str]) -> String {
+    let (ok, out, err) = app::run_cli(config, args);
+    assert!(
+        !ok,
+        "`walhook {}` should fail:\n{out}\n{err}",
+        args.join(" ")
+    );
+    err
+}
+
+/// Whether the slot is being read now (`None` if it does not exist).
+async fn slot_active(client: &tokio_postgres::Client, slot: &str) -> Option<bool> {
+    client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_is_idempotent_and_prints_sql() {
     let db = fresh_db("setup_idem").await;
@@ -65,15 +89,13 @@ async fn missing_table_and_missing_primary_key() {
     let db = fresh_db("setup_tables").await;
     let objects = "[[objects]]\ntable = \"public.nope\"\nslug = \"nope\"";
     let (_d, path) = app::write_config(&app::config_text(&db, objects, ""));
-    let (ok, _, err) = app::run_cli(&path, &["setup"]);
-    assert!(!ok);
+    let err = fails(&path, &["setup"]);
     assert!(err.contains("\"public\".\"nope\" does not exist"), "{err}");
 
     db.psql("CREATE TABLE nokey (id int, name text)").await;
     let objects = "[[objects]]\ntable = \"nokey\"\nslug = \"nokey\"";
     let (_d, path) = app::write_config(&app::config_text(&db, objects, ""));
-    let (ok, _, err) = app::run_cli(&path, &["setup"]);
-    assert!(!ok);
+    let err = fails(&path, &["setup"]);
     assert!(err.contains("has no primary key"), "{err}");
     assert!(err.contains("ADD PRIMARY KEY"), "{err}");
 }
@@ -88,8 +110,7 @@ async fn missing_privileges_are_explained() {
     let url = db.url.replace("postgres@", "weakling@");
     let text = app::config_text(&db, CRM_OBJECTS, "").replace(&db.url, &url);
     let (_d, path) = app::write_config(&text);
-    let (ok, _, err) = app::run_cli(&path, &["setup"]);
-    assert!(!ok);
+    let err = fails(&path, &["setup"]);
     assert!(err.contains("permission denied"), "{err}");
     assert!(err.contains("sql/00-role.sql"), "{err}");
 }
@@ -100,8 +121,7 @@ async fn unknown_config_key_is_rejected_with_its_name() {
     let text = app::config_text(&db, CRM_OBJECTS, "").replace("slot =", "slott =");
     let (_d, path) = app::write_config(&text);
     for cmd in [&["setup"][..], &["run"][..]] {
-        let (ok, _, err) = app::run_cli(&path, cmd);
-        assert!(!ok);
+        let err = fails(&path, cmd);
         assert!(err.contains("source.slott"), "{err}");
         assert!(err.contains("walhook.toml"), "{err}");
     }
@@ -123,8 +143,7 @@ async fn unreachable_database_fails_within_connect_timeout() {
         .replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
     let (_d, path) = app::write_config(&text);
     let started = Instant::now();
-    let (ok, _, err) = app::run_cli(&path, &["run"]);
-    assert!(!ok);
+    let err = fails(&path, &["run"]);
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(err.contains("cannot reach the database"), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -135,8 +154,7 @@ async fn run_before_setup_says_to_run_setup() {
     let db = fresh_db("setup_first").await;
     db.psql(CRM_TABLES).await;
     let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
-    let (ok, _, err) = app::run_cli(&path, &["run"]);
-    assert!(!ok);
+    let err = fails(&path, &["run"]);
     assert!(err.contains("walhook setup"), "{err}");
 }
 
@@ -158,8 +176,7 @@ async fn wal_level_not_logical() {
     client.batch_execute(CRM_TABLES).await.unwrap();
     let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
     for cmd in [&["setup"][..], &["run"][..]] {
-        let (ok, _, err) = app::run_cli(&path, cmd);
-        assert!(!ok);
+        let err = fails(&path, cmd);
         assert!(err.contains("wal_level is 'replica'"), "{err}");
         assert!(
             err.contains("ALTER SYSTEM SET wal_level = logical"),
@@ -184,8 +201,7 @@ async fn slot_of_the_same_name_in_another_database() {
     let (_d1, p1) = app::write_config(&cfg1);
     let (_d2, p2) = app::write_config(&cfg2);
     assert!(app::run_cli(&p1, &["setup"]).0);
-    let (ok, _, err) = app::run_cli(&p2, &["setup"]);
-    assert!(!ok);
+    let err = fails(&p2, &["setup"]);
     assert!(err.contains("belongs to database"), "{err}");
     assert!(err.contains(&first.name), "{err}");
 }
@@ -205,8 +221,7 @@ async fn teardown_asks_for_yes_then_drops_slot_and_publication() {
     let pubs = "SELECT count(*) FROM pg_publication WHERE pubname = 'walhook'";
     let ledger = "SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'";
 
-    let (ok, _, err) = app::run_cli(&path, &["teardown"]);
-    assert!(!ok);
+    let err = fails(&path, &["teardown"]);
     assert!(err.contains("--yes"), "{err}");
     assert_eq!(count(slots).await, 1, "nothing dropped without --yes");
 
@@ -214,18 +229,10 @@ async fn teardown_asks_for_yes_then_drops_slot_and_publication() {
     let mut running = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
     let slot = db.name.clone();
     wait_until(Duration::from_secs(20), "walhook to stream", || async {
-        let r = client
-            .query_one(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .ok()?;
-        r.get::<_, bool>(0).then_some(())
+        (slot_active(&client, &slot).await == Some(true)).then_some(())
     })
     .await;
-    let (ok, _, err) = app::run_cli(&path, &["teardown", "--yes"]);
-    assert!(!ok);
+    let err = fails(&path, &["teardown", "--yes"]);
     assert!(err.contains("in use"), "{err}");
     running.kill().unwrap();
     running.wait().unwrap();
