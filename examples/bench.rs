@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
-use walhook::embedded::{ClusterOptions, TempCluster};
+use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 #[derive(Parser, Debug)]
 #[command(about = "walhook benchmarks: ingest, bigtx, dispatch, latency, backlog")]

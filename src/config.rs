@@ -14,30 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::pg::quote_ident;
 use serde::de::{self, DeserializeSeed, Visitor};
 
-/// A secret value (database URL with password, HMAC secret, admin token).
-/// Its `Debug` prints `Secret(***)`; it has no `Display` and no `Serialize`, so it
-/// cannot reach a log line, an error or the API by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The raw value, for the few places that must use it (HMAC key, connect).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -107,11 +88,6 @@ impl ObjectConfig {
     pub fn qualified_sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
-}
-
-/// Quote an SQL identifier (always quoted, `"` doubled).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A signature scheme an endpoint's requests carry (SPEC §5).
@@ -294,7 +270,7 @@ impl Config {
                 if let Some((slug, _)) = filter.split_once('.')
                     && slug != "*"
                     && !slugs.contains(&slug)
-                    && !SYSTEM_EVENTS
+                    && !crate::event::system::NAMES
                         .iter()
                         .any(|e| e.starts_with(&format!("{slug}.")))
                 {
@@ -319,7 +295,7 @@ impl Config {
 impl EndpointConfig {
     /// Whether this endpoint subscribes to the event `name` (e.g. `lead.create`).
     pub fn subscribes_to(&self, name: &str) -> bool {
-        crate::dispatch::filter::subscribed(&self.events, name)
+        crate::event::filter::subscribed(&self.events, name)
     }
 }
 
@@ -1386,11 +1362,8 @@ fn is_endpoint_id(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// Events walhook emits itself, besides the row events of mapped tables.
-pub const SYSTEM_EVENTS: [&str; 2] = ["endpoint.disabled", "walhook.ping"];
-
 fn is_event_filter(f: &str) -> bool {
-    if f == "*" || SYSTEM_EVENTS.contains(&f) {
+    if f == "*" || crate::event::system::NAMES.contains(&f) {
         return true;
     }
     let Some((slug, verb)) = f.split_once('.') else {

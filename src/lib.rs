@@ -11,13 +11,14 @@
 
 pub mod admin;
 pub mod config;
-pub mod demo;
+pub mod devtools;
 pub mod dispatch;
-pub mod embedded;
 pub mod event;
 pub mod ledger;
-pub mod listen;
 pub mod metrics;
+pub mod pg;
+pub mod pgoutput;
+pub mod secret;
 pub mod source;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::pg::ConnectError;
 use crate::source::setup::{self, SetupError};
 
 /// Which parts a `walhook run` process runs. All three by default; several
@@ -57,7 +59,7 @@ pub enum RunError {
     Unreachable {
         timeout: std::time::Duration,
         #[source]
-        source: LedgerError,
+        source: ConnectError,
     },
     #[error(transparent)]
     Setup(#[from] SetupError),
@@ -73,13 +75,12 @@ pub enum RunError {
 
 /// Pre-flight checks shared by `run` (fail fast with a clear message).
 pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
-    let client =
-        ledger::connect_with_timeout(&cfg.source.url, "walhook", cfg.source.connect_timeout)
-            .await
-            .map_err(|source| RunError::Unreachable {
-                timeout: cfg.source.connect_timeout,
-                source,
-            })?;
+    let client = pg::connect_within(&cfg.source.url, "walhook", cfg.source.connect_timeout)
+        .await
+        .map_err(|source| RunError::Unreachable {
+            timeout: cfg.source.connect_timeout,
+            source,
+        })?;
     setup::check_wal_level(&client).await?;
     Ledger::new(&cfg.ledger.schema)
         .ensure_exists(&client)

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use walhook::admin::{check, render, report};
 use walhook::config::{Config, Secret};
-use walhook::ledger;
 use walhook::source::setup;
 
 #[derive(Parser, Debug)]
@@ -55,7 +54,7 @@ enum Command {
         port: u16,
         /// Secret to verify with; repeat it during a rotation. A `whsec_` secret
         /// also checks the Standard Webhooks headers.
-        #[arg(long = "secret", env = walhook::listen::SECRET_ENV, hide_env_values = true,
+        #[arg(long = "secret", env = walhook::devtools::listen::SECRET_ENV, hide_env_values = true,
               required = true, value_parser = parse_secret)]
         secrets: Vec<Secret>,
         /// Prefix of walhook's headers (`delivery.header_prefix`).
@@ -255,11 +254,11 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
         Command::Demo => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone())?;
-            let printer = walhook::listen::Printer::stdout();
-            match walhook::demo::run(printer, shutdown).await? {
-                walhook::demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
+            let printer = walhook::devtools::listen::Printer::stdout();
+            match walhook::devtools::demo::run(printer, shutdown).await? {
+                walhook::devtools::demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
                 // The shell convention for "ended by SIGINT".
-                walhook::demo::Outcome::Interrupted => Ok(ExitCode::from(130)),
+                walhook::devtools::demo::Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
         Command::Listen {
@@ -271,14 +270,19 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
         } => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone())?;
-            let opts = walhook::listen::ListenOptions {
+            let opts = walhook::devtools::listen::ListenOptions {
                 port,
                 secrets,
                 header_prefix,
                 standard_webhooks,
                 status,
             };
-            walhook::listen::run(opts, walhook::listen::Printer::stdout(), shutdown).await?;
+            walhook::devtools::listen::run(
+                opts,
+                walhook::devtools::listen::Printer::stdout(),
+                shutdown,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Setup { print_sql } => {
@@ -289,7 +293,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let client = ledger::connect_with_timeout(
+            let client = walhook::pg::connect_within(
                 &cfg.source.url,
                 "walhook setup",
                 cfg.source.connect_timeout,
@@ -366,7 +370,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                     }
                 );
             }
-            let client = ledger::connect_with_timeout(
+            let client = walhook::pg::connect_within(
                 &cfg.source.url,
                 "walhook teardown",
                 cfg.source.connect_timeout,
@@ -391,7 +395,7 @@ fn print_out<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String
 }
 
 async fn admin_connect(cfg: &Config) -> Result<tokio_postgres::Client> {
-    ledger::connect_with_timeout(&cfg.source.url, "walhook admin", cfg.source.connect_timeout)
+    walhook::pg::connect_within(&cfg.source.url, "walhook admin", cfg.source.connect_timeout)
         .await
         .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running; `walhook check` tells more)")
 }
@@ -543,7 +547,7 @@ async fn teardown(
     client
         .batch_execute(&format!(
             "DROP PUBLICATION IF EXISTS {}",
-            walhook::config::quote_ident(&cfg.source.publication)
+            walhook::pg::quote_ident(&cfg.source.publication)
         ))
         .await?;
     out.push(format!("- publication {} dropped", cfg.source.publication));
@@ -551,7 +555,7 @@ async fn teardown(
         client
             .batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE",
-                walhook::config::quote_ident(&cfg.ledger.schema)
+                walhook::pg::quote_ident(&cfg.ledger.schema)
             ))
             .await?;
         out.push(format!("- ledger schema {} dropped", cfg.ledger.schema));

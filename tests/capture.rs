@@ -426,9 +426,10 @@ async fn large_transaction_is_written_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_stream_loses_nothing() {
     // A cluster of its own: restarting the shared one would disturb other tests.
-    let cluster = tokio::task::spawn_blocking(|| walhook::embedded::TempCluster::start().unwrap())
-        .await
-        .unwrap();
+    let cluster =
+        tokio::task::spawn_blocking(|| walhook::devtools::embedded::TempCluster::start().unwrap())
+            .await
+            .unwrap();
     let cluster = std::sync::Arc::new(cluster);
     let c2 = cluster.clone();
     tokio::task::spawn_blocking(move || c2.create_database("app").unwrap())

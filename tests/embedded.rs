@@ -1,4 +1,4 @@
-//! The test infrastructure itself: `walhook::embedded::TempCluster` and the
+//! The test infrastructure itself: `walhook::devtools::embedded::TempCluster` and the
 //! shared helpers in `tests/common` (fresh databases, the receiver, waits).
 
 mod common;
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Behaviour, Receiver, Reply, fresh_db, wait_until};
-use walhook::embedded::{ClusterOptions, TempCluster};
+use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -161,8 +161,8 @@ async fn run_before_setup_says_to_run_setup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical() {
     let cluster = tokio::task::spawn_blocking(|| {
-        walhook::embedded::TempCluster::start_with(
-            walhook::embedded::ClusterOptions::new().conf("wal_level = replica"),
+        walhook::devtools::embedded::TempCluster::start_with(
+            walhook::devtools::embedded::ClusterOptions::new().conf("wal_level = replica"),
         )
         .unwrap()
     })

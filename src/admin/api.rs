@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Secret};
 use crate::dispatch::http;
-use crate::ledger::{self, LedgerError};
+use crate::ledger::LedgerError;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
 
 use super::report::{
@@ -157,7 +157,8 @@ impl Db {
         {
             return Ok(c.clone());
         }
-        let connect = ledger::connect(&self.url, "walhook admin");
+        let connect =
+            crate::pg::connect(&self.url, "walhook admin", crate::pg::DEFAULT_LOGIN_TIMEOUT);
         match tokio::time::timeout(DB_TIMEOUT, connect).await {
             Ok(Ok(c)) => {
                 let c = Arc::new(c);
@@ -942,8 +943,8 @@ mod tests {
     fn errors_map_to_codes_without_internals() {
         let e = ApiError::from(AdminError::DeliveryNotFound(7));
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
-        let e = ApiError::from(AdminError::Ledger(LedgerError::Url(
-            "postgres://u:pw@h".into(),
+        let e = ApiError::from(AdminError::Ledger(LedgerError::Connect(
+            crate::pg::ConnectError::Url("postgres://u:pw@h".into()),
         )));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.to_string().contains("pw"));

@@ -8,7 +8,6 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, ReplicaIdentity};
-use crate::ledger;
 use crate::source::setup::{self, SetupError};
 
 use super::report::{Reports, human_lag};
@@ -110,8 +109,8 @@ pub async fn run(cfg: &Config, origin: &str) -> CheckReport {
     for w in cfg.warnings() {
         checks.push(Check::warn("config", w, None));
     }
-    let target = ledger::describe_target(&cfg.source.url);
-    match ledger::connect_with_timeout(&cfg.source.url, "walhook check", cfg.source.connect_timeout)
+    let target = crate::pg::describe_target(&cfg.source.url);
+    match crate::pg::connect_within(&cfg.source.url, "walhook check", cfg.source.connect_timeout)
         .await
     {
         Err(e) => checks.push(Check::fail(

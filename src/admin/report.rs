@@ -16,8 +16,9 @@ use tokio_postgres::types::{PgLsn, ToSql};
 
 use crate::config::{Config, EndpointConfig, SigningScheme};
 use crate::dispatch::{http, sign};
-use crate::ledger::queue::system_time_to_unix_ms;
+use crate::event::system;
 use crate::ledger::{Ledger, LedgerError};
+use crate::pg::unix_ms;
 
 /// Deliveries listed when no limit is given, and the most one call returns.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -325,7 +326,7 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, AdminError> {
 
 /// RFC 3339 in UTC with milliseconds (`2025-02-21T08:33:28.148Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let ms = system_time_to_unix_ms(t);
+    let ms = unix_ms(t);
     let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let format = time::macros::format_description!(
@@ -614,7 +615,7 @@ impl<'a> Reports<'a> {
             .map(|r| r.get::<_, i64>(0))
             .unwrap_or(0);
         Ok(Status {
-            database: crate::ledger::describe_target(&self.cfg.source.url),
+            database: crate::pg::describe_target(&self.cfg.source.url),
             ledger_schema: self.ledger.schema().to_string(),
             slot,
             events,
@@ -953,11 +954,6 @@ pub struct PingOutcome {
     pub response_excerpt: Option<String>,
 }
 
-/// The body of a ping.
-pub const PING_BODY: &str = r#"{"before":{},"after":{"ping":true},"diff":{}}"#;
-/// The name of the ping event.
-pub const PING_EVENT: &str = "walhook.ping";
-
 /// Send a signed `walhook.ping` straight to a configured endpoint (no ledger).
 pub async fn ping(cfg: &Config, id: &str) -> Result<PingOutcome, AdminError> {
     let ep = configured_endpoint(cfg, id)?;
@@ -972,19 +968,15 @@ pub async fn ping_with(
     client: &reqwest::Client,
     now: SystemTime,
 ) -> Result<PingOutcome, AdminError> {
-    let now_ms = system_time_to_unix_ms(now);
-    let event_id = format!(
-        "{}:walhook:{now_ms}:{}:{PING_EVENT}:{}",
-        cfg.source.name,
-        ep.id,
-        crate::event::id::random_suffix()
-    );
-    let body = Bytes::from_static(PING_BODY.as_bytes());
+    let now_ms = unix_ms(now);
+    let event = system::ping(&cfg.source.name, &ep.id, now_ms);
+    let event_id = event.id;
+    let body = Bytes::from(event.body);
     let headers = sign::signed_headers(
         ep,
         &cfg.delivery.header_prefix,
         &event_id,
-        PING_EVENT,
+        system::PING,
         &body,
         now_ms.div_euclid(1000),
     )
@@ -1156,7 +1148,7 @@ mod tests {
 
     #[test]
     fn ping_body_is_the_documented_shape() {
-        let v: serde_json::Value = serde_json::from_str(PING_BODY).unwrap();
+        let v: serde_json::Value = serde_json::from_str(system::PING_BODY).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"before": {}, "after": {"ping": true}, "diff": {}})

@@ -9,16 +9,18 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::task::JoinSet;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord, Outcome};
 use crate::dispatch::retry::{self, Decision};
 use crate::dispatch::sign;
-use crate::ledger::queue::{AttemptRow, ClaimRequest, Claimed, NextState, system_time_to_unix_ms};
-use crate::ledger::{self, Ledger, LedgerError, NewEvent};
+use crate::event::system;
+use crate::ledger::queue::{AttemptRow, ClaimRequest, Claimed, NextState};
+use crate::ledger::{Ledger, LedgerError, NewEvent};
 use crate::metrics::Metrics;
+use crate::pg::{self, unix_ms};
 
 /// How long the loop sleeps at most when nothing is due and nothing woke it
 /// (a safety net: wake-ups come from NOTIFY and the in-process signal).
@@ -104,12 +106,20 @@ impl<'a> Dispatcher<'a> {
         owner: &'a str,
         shutdown: &CancellationToken,
     ) -> Result<(), DispatchError> {
-        let db = ledger::connect(&cfg.source.url, "walhook dispatch").await?;
+        let db = pg::connect(
+            &cfg.source.url,
+            "walhook dispatch",
+            pg::DEFAULT_LOGIN_TIMEOUT,
+        )
+        .await
+        .map_err(LedgerError::from)?;
         let ledger = Ledger::new(&cfg.ledger.schema);
         let endpoint_ids: Vec<String> = cfg.endpoints.iter().map(|e| e.id.clone()).collect();
         ledger.register_endpoints(&db, &endpoint_ids).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        let listener = listen(cfg, wake.clone()).await?;
+        let listener = ledger
+            .listen(&cfg.source.url, pg::DEFAULT_LOGIN_TIMEOUT, wake.clone())
+            .await?;
         let mut d = Dispatcher {
             cfg,
             metrics,
@@ -127,7 +137,7 @@ impl<'a> Dispatcher<'a> {
             endpoint_ids,
         };
         let result = d.run_loop(&wake, shutdown).await;
-        listener.abort();
+        drop(listener);
         result
     }
 
@@ -242,7 +252,7 @@ impl<'a> Dispatcher<'a> {
         let http = self.http.clone();
         set.spawn(async move {
             let body = Bytes::from(claimed.body.clone());
-            let now = system_time_to_unix_ms(SystemTime::now()) / 1000;
+            let now = unix_ms(SystemTime::now()) / 1000;
             let headers = match sign::signed_headers(
                 &ep,
                 &prefix,
@@ -254,7 +264,7 @@ impl<'a> Dispatcher<'a> {
                 Ok(h) => h,
                 Err(e) => {
                     let record = AttemptRecord {
-                        started_at_unix_ms: system_time_to_unix_ms(SystemTime::now()),
+                        started_at_unix_ms: unix_ms(SystemTime::now()),
                         duration: Duration::ZERO,
                         outcome: Outcome::Other(format!("signing: {e}")),
                         response_excerpt: None,
@@ -280,7 +290,7 @@ impl<'a> Dispatcher<'a> {
         if done.is_empty() {
             return Ok(());
         }
-        let now_ms = system_time_to_unix_ms(SystemTime::now());
+        let now_ms = unix_ms(SystemTime::now());
         let mut rows = Vec::with_capacity(done.len());
         let mut ok_eps: Vec<String> = Vec::new();
         let mut failed_eps: Vec<String> = Vec::new();
@@ -401,78 +411,16 @@ impl<'a> Dispatcher<'a> {
         if target == endpoint {
             return Ok(());
         }
-        let now_micros = system_time_to_unix_ms(SystemTime::now()) * 1000;
-        let body = serde_json::json!({
-            "before": {},
-            "after": {"endpoint": endpoint, "reason": reason, "enabled": false},
-            "diff": {"enabled": false},
-        })
-        .to_string();
-        let id = format!(
-            "{}:endpoint:{}:{}:endpoint.disabled:{}",
-            self.cfg.source.name,
-            now_micros / 1000,
-            endpoint,
-            crate::event::id::random_suffix()
-        );
+        let now_ms = unix_ms(SystemTime::now());
+        let event = system::endpoint_disabled(&self.cfg.source.name, endpoint, reason, now_ms);
         let ev = NewEvent {
-            event: crate::event::Event {
-                id,
-                name: "endpoint.disabled".into(),
-                slug: "endpoint".into(),
-                verb: crate::event::Verb::Update,
-                record_key: endpoint.to_string(),
-                body,
-            },
+            event,
             commit_lsn: 0,
             change_index: 0,
-            commit_time_unix_micros: now_micros,
+            commit_time_unix_micros: now_ms * 1000,
             endpoints: vec![target],
         };
         self.ledger.append(&mut self.db, &[ev], None).await?;
         Ok(())
     }
-}
-
-/// LISTEN on the ledger's channel so deliveries committed by another
-/// process (or a manual retry) wake this dispatcher at once.
-async fn listen(
-    cfg: &Config,
-    wake: Arc<tokio::sync::Notify>,
-) -> Result<tokio::task::JoinHandle<()>, DispatchError> {
-    let pg: tokio_postgres::Config = cfg
-        .source
-        .url
-        .expose()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
-    let (client, mut conn) =
-        pg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| LedgerError::Connect {
-                target: ledger::describe_target(&cfg.source.url),
-                source,
-            })?;
-    let channel = ledger::notify_channel(&cfg.ledger.schema);
-    Ok(tokio::spawn(async move {
-        let driver = async {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-        };
-        let subscribe = async {
-            let _ = client
-                .batch_execute(&format!("LISTEN {}", crate::config::quote_ident(&channel)))
-                .await;
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = driver => {}
-            _ = subscribe => {}
-        }
-    }))
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::retry::{Failure, FailureKind};
+use crate::pg::unix_ms;
 
 /// At most this many bytes of a response body are read and kept.
 pub const EXCERPT_LIMIT: usize = 4096;
@@ -202,13 +203,6 @@ pub async fn attempt(
         Outcome::Status(code)
     };
     record(outcome, lossy_excerpt(&excerpt), retry_after)
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
 }
 
 /// The message names the offending header, never its value (it may be a signature).

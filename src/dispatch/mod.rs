@@ -1,7 +1,6 @@
 //! Dispatch: from a due delivery to a signed HTTP POST and the decision that
 //! follows it.
 //!
-//! - [`filter`]: which endpoints subscribe to an event name.
 //! - [`sign`]: the request headers, signatures (superleap, Standard Webhooks)
 //!   and their verification.
 //! - [`http`]: the shared HTTP client and one attempt, turned into an
@@ -13,7 +12,6 @@
 //! claims work from the ledger and records attempts builds on these.
 
 pub mod deliver;
-pub mod filter;
 pub mod http;
 pub mod retry;
 pub mod sign;

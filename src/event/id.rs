@@ -67,6 +67,21 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
+/// A key value with `%`, `:` and `,` percent-encoded, so that the record key
+/// splits back into its parts and never breaks the `:`-separated event id.
+pub fn escape_key(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            ',' => out.push_str("%2C"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

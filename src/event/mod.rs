@@ -8,12 +8,14 @@
 //! - `map_change(&TableMap, RowChange, &ChangeContext) -> Result<Option<Event>, EventError>`
 //!   (`None`: an update that changed no included column).
 
+pub mod filter;
 pub mod id;
+pub mod system;
 pub mod value;
 
 use serde_json::{Map, Value};
 
-use crate::source::pgoutput::{Datum, Message, OldKind, Relation, Tuple};
+use crate::pgoutput::{Datum, OldKind, Relation, RowChange, Tuple};
 
 /// Everything needed to map the changes of one mapped table.
 #[derive(Debug, Clone)]
@@ -130,7 +132,9 @@ impl TableMap {
         let mut parts = Vec::with_capacity(self.key_columns.len());
         for &i in &self.key_columns {
             match datum(i) {
-                Some(Datum::Text(bytes)) => parts.push(escape_key(&String::from_utf8_lossy(bytes))),
+                Some(Datum::Text(bytes)) => {
+                    parts.push(id::escape_key(&String::from_utf8_lossy(bytes)))
+                }
                 _ => {
                     return Err(EventError::MissingKey {
                         table: self.table_name(),
@@ -147,57 +151,10 @@ impl TableMap {
     }
 }
 
-/// A key value with `%`, `:` and `,` percent-encoded, so that the record key
-/// splits back into its parts and never breaks the `:`-separated event id.
-fn escape_key(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            ',' => out.push_str("%2C"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A datum the server actually sent (not the `u` placeholder). Takes the
 /// result of `tuple.get(i)`: indices come from the catalog and are not trusted.
 fn sent(d: Option<&Datum>) -> Option<&Datum> {
     d.filter(|d| !matches!(d, Datum::UnchangedToast))
-}
-
-/// A row change as it came from pgoutput.
-#[derive(Debug, Clone)]
-pub enum RowChange {
-    Insert {
-        new: Tuple,
-    },
-    Update {
-        old: Option<(OldKind, Tuple)>,
-        new: Tuple,
-    },
-    Delete {
-        old: (OldKind, Tuple),
-    },
-}
-
-impl RowChange {
-    /// The row change a pgoutput message carries, with its relation id; any
-    /// other message is given back.
-    pub fn from_message(msg: Message) -> Result<(u32, RowChange), Message> {
-        match msg {
-            Message::Insert { relation_id, new } => Ok((relation_id, RowChange::Insert { new })),
-            Message::Update {
-                relation_id,
-                old,
-                new,
-            } => Ok((relation_id, RowChange::Update { old, new })),
-            Message::Delete { relation_id, old } => Ok((relation_id, RowChange::Delete { old })),
-            other => Err(other),
-        }
-    }
 }
 
 /// Where the change sits in the WAL: makes ids deterministic across replays.
@@ -377,7 +334,7 @@ pub fn map_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::pgoutput::Column;
+    use crate::pgoutput::Column;
     use bytes::Bytes;
 
     fn col(name: &str, type_oid: u32, flags: u8) -> Column {
@@ -802,12 +759,12 @@ mod tests {
 
     #[test]
     fn real_pg15_stream_end_to_end() {
-        use crate::source::pgoutput::{Message, decode};
+        use crate::pgoutput::{Message, decode};
         let mut maps: std::collections::HashMap<u32, TableMap> = Default::default();
         let mut out = Vec::new();
         for (index, hex_text) in PG15_STREAM.iter().enumerate() {
             let data = Bytes::from(hex::decode(hex_text).unwrap());
-            let change = match RowChange::from_message(decode(&data).unwrap()) {
+            let change = match decode(&data).unwrap().into_row_change() {
                 Ok(change) => change,
                 Err(Message::Relation(r)) => {
                     let (slug, keys) = if r.name == "leads" {

@@ -7,122 +7,42 @@
 //! transaction. Events are keyed by their deterministic id, so replaying the
 //! same WAL inserts nothing twice.
 
+pub mod notify;
 pub mod queue;
 pub mod schema;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use notify::notify_channel;
 
+use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, NoTls};
 
-use crate::config::{Secret, quote_ident};
 use crate::event::Event;
+use crate::pg::{ConnectError, DbError, quote_ident, system_time_from_unix_micros};
 
 /// Errors at the ledger boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot connect to the database ({target}): {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("the database URL is not valid: {0}")]
-    Url(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the ledger schema {schema} does not exist: run `walhook setup` first")]
     NotSetUp { schema: String },
     #[error("ledger query failed: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(e: tokio_postgres::Error) -> LedgerError {
+        LedgerError::Db(DbError(e))
+    }
 }
 
 impl LedgerError {
     /// The SQLSTATE when the error came from the server.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            LedgerError::Db(e) | LedgerError::Connect { source: e, .. } => {
-                e.code().map(|c| c.code())
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A connection target with the password hidden, for messages.
-pub fn describe_target(url: &Secret) -> String {
-    match url.expose().parse::<tokio_postgres::Config>() {
-        Ok(cfg) => {
-            let host = cfg
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = cfg.get_ports().first().copied().unwrap_or(5432);
-            format!(
-                "{}@{}:{}/{}",
-                cfg.get_user().unwrap_or("?"),
-                host,
-                port,
-                cfg.get_dbname().unwrap_or("?")
-            )
-        }
-        Err(_) => "<unparseable database URL>".into(),
-    }
-}
-
-/// Open a plain connection (the connection future runs on its own task).
-pub async fn connect(url: &Secret, application_name: &str) -> Result<Client, LedgerError> {
-    let mut cfg: tokio_postgres::Config = url
-        .expose()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| LedgerError::Url(e.to_string()))?;
-    cfg.application_name(application_name);
-    // Idempotent DDL (`IF NOT EXISTS`) would otherwise fill the log with NOTICEs.
-    let options = format!(
-        "{} -c client_min_messages=warning",
-        cfg.get_options().unwrap_or_default()
-    );
-    cfg.options(options.trim());
-    cfg.connect_timeout(Duration::from_secs(10));
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|source| LedgerError::Connect {
-            target: describe_target(url),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection closed");
-        }
-    });
-    Ok(client)
-}
-
-/// Keep trying to connect until `timeout` has passed (start-up of every command).
-pub async fn connect_with_timeout(
-    url: &Secret,
-    application_name: &str,
-    timeout: Duration,
-) -> Result<Client, LedgerError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match connect(url, application_name).await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                // A bad URL or a refused login will not fix itself by waiting.
-                let permanent = matches!(e, LedgerError::Url(_))
-                    || matches!(e.sqlstate(), Some("28P01" | "28000" | "3D000"));
-                if permanent || tokio::time::Instant::now() + delay >= deadline {
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+            LedgerError::Db(e) => e.sqlstate(),
+            LedgerError::Connect(e) => e.sqlstate(),
+            LedgerError::NotSetUp { .. } => None,
         }
     }
 }
@@ -143,14 +63,6 @@ pub struct NewEvent {
 pub struct Appended {
     pub events: u64,
     pub deliveries: u64,
-}
-
-pub fn unix_micros_to_system_time(micros: i64) -> SystemTime {
-    if micros >= 0 {
-        UNIX_EPOCH + Duration::from_micros(micros as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    }
 }
 
 /// The ledger's SQL, bound to one schema; statements are built once.
@@ -252,7 +164,7 @@ impl Ledger {
                 keys.push(e.event.record_key.as_str());
                 lsns.push(PgLsn::from(e.commit_lsn));
                 idxs.push(e.change_index as i32);
-                times.push(unix_micros_to_system_time(e.commit_time_unix_micros));
+                times.push(system_time_from_unix_micros(e.commit_time_unix_micros));
                 bodies.push(e.event.body.as_str());
                 for ep in &e.endpoints {
                     d_ev.push(e.event.id.as_str());
@@ -282,14 +194,6 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Wake dispatchers (in every process) listening on the ledger's channel.
-    pub async fn notify(&self, client: &Client) -> Result<(), LedgerError> {
-        client
-            .execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
-            .await?;
-        Ok(())
-    }
-
     /// The last position whose events the ledger holds, if any.
     pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<u64>, LedgerError> {
         let s = self.q();
@@ -316,9 +220,4 @@ impl Ledger {
             .await?;
         Ok(())
     }
-}
-
-/// The LISTEN/NOTIFY channel that wakes dispatchers when deliveries are added.
-pub fn notify_channel(schema: &str) -> String {
-    format!("{schema}_deliveries")
 }

@@ -4,11 +4,12 @@
 //! crashed process's work comes back when its lease ends. Results are written
 //! only while the lease is still ours.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio_postgres::Client;
 
 use super::{Ledger, LedgerError};
+use crate::pg::{system_time_from_unix_ms, unix_ms};
 
 /// A delivery leased to this process, with what is needed to send it.
 #[derive(Debug, Clone)]
@@ -56,21 +57,6 @@ pub struct AttemptRow {
     /// JSON object of the request headers.
     pub request_headers: String,
     pub next: NextState,
-}
-
-pub fn system_time_to_unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
-
-pub fn unix_ms_to_system_time(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
 }
 
 impl Ledger {
@@ -168,7 +154,7 @@ impl Ledger {
                 body: r.get(4),
                 attempts: r.get(5),
                 cycle_attempts: r.get(6),
-                cycle_started_unix_ms: system_time_to_unix_ms(r.get(7)),
+                cycle_started_unix_ms: unix_ms(r.get(7)),
             })
             .collect();
         out.sort_by_key(|c| c.delivery_id);
@@ -217,7 +203,7 @@ impl Ledger {
             ids.push(r.delivery_id);
             let (st, at) = match r.next {
                 NextState::Succeeded => ("succeeded", None),
-                NextState::RetryAt(ms) => ("retrying", Some(unix_ms_to_system_time(ms))),
+                NextState::RetryAt(ms) => ("retrying", Some(system_time_from_unix_ms(ms))),
                 NextState::Disabled => ("disabled", None),
             };
             status.push(st);
@@ -225,7 +211,7 @@ impl Ledger {
             codes.push(r.status_code);
             kinds.push(r.error_kind.as_deref());
             errors.push(r.error.as_deref());
-            started.push(unix_ms_to_system_time(r.started_unix_ms));
+            started.push(system_time_from_unix_ms(r.started_unix_ms));
             durations.push(r.duration_ms);
             excerpts.push(r.response_excerpt.as_deref());
             headers.push(r.request_headers.as_str());

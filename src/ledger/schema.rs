@@ -2,7 +2,7 @@
 //! `walhook setup` can run it on every start-up of a new version; the same
 //! text, for the default schema, is in `sql/01-ledger.sql` for a DBA.
 
-use crate::config::quote_ident;
+use crate::pg::quote_ident;
 
 /// The DDL for a ledger in `schema`.
 pub fn ddl(schema: &str) -> Vec<String> {

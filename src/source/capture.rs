@@ -17,10 +17,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ObjectConfig, Secret};
-use crate::event::{ChangeContext, EventError, RowChange, TableMap, map_change};
-use crate::ledger::{self, Appended, Ledger, LedgerError, NewEvent};
+use crate::event::{ChangeContext, EventError, TableMap, map_change};
+use crate::ledger::{Appended, Ledger, LedgerError, NewEvent};
 use crate::metrics::Metrics;
-use crate::source::pgoutput::{self, DecodeError, Message, Relation};
+use crate::pg;
+use crate::pgoutput::{self, DecodeError, Message, Relation};
 
 /// Session settings for the walsender, so the text of every value has one
 /// known format whatever the database's own settings are.
@@ -355,8 +356,13 @@ impl<'a> Session<'a> {
         metrics: &'a Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
-        let db = ledger::connect(&cfg.source.url, "walhook capture").await?;
-        let writer_db = ledger::connect(&cfg.source.url, "walhook capture writer").await?;
+        let login = pg::DEFAULT_LOGIN_TIMEOUT;
+        let db = pg::connect(&cfg.source.url, "walhook capture", login)
+            .await
+            .map_err(LedgerError::from)?;
+        let writer_db = pg::connect(&cfg.source.url, "walhook capture writer", login)
+            .await
+            .map_err(LedgerError::from)?;
         let ledger = Ledger::new(&cfg.ledger.schema);
         let mut client =
             ReplicationClient::connect(replication_config(&cfg.source.url, cfg)?).await?;
@@ -518,7 +524,7 @@ impl<'a> Session<'a> {
                 }
                 return Ok(());
             }
-            other => match RowChange::from_message(other) {
+            other => match other.into_row_change() {
                 Ok(change) => change,
                 // Origin and anything else carry no row.
                 Err(_) => return Ok(()),

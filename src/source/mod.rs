@@ -1,7 +1,6 @@
-//! The replication side: the pgoutput decoder, the relation cache and the
-//! capture loop that moves committed changes into the ledger; `setup` creates
-//! what capture needs (publication, slot, replica identity).
+//! The replication side: the capture loop that reads the slot and turns
+//! committed changes into events, and `setup`/`teardown` of what it needs in
+//! the database.
 
 pub mod capture;
-pub mod pgoutput;
 pub mod setup;

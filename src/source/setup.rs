@@ -6,8 +6,9 @@
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, ReplicaIdentity, quote_ident};
+use crate::config::{Config, ReplicaIdentity};
 use crate::ledger;
+use crate::pg::quote_ident;
 
 /// Why setup (or a pre-flight check) cannot go on; each message says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -65,9 +65,13 @@ pub fn parse(text: &str) -> Config {
 }
 
 pub async fn setup(cfg: &Config) {
-    let client = walhook::ledger::connect(&cfg.source.url, "test setup")
-        .await
-        .expect("connect for setup");
+    let client = walhook::pg::connect(
+        &cfg.source.url,
+        "test setup",
+        walhook::pg::DEFAULT_LOGIN_TIMEOUT,
+    )
+    .await
+    .expect("connect for setup");
     walhook::source::setup::run(&client, cfg)
         .await
         .unwrap_or_else(|e| panic!("setup: {e}"));

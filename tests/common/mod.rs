@@ -5,7 +5,7 @@
 //! The cluster lives in a `static` and is never dropped. That is safe: every
 //! [`TempCluster`] has a watchdog process that stops the server and deletes
 //! its directory as soon as the test binary exits, however it exits (normal
-//! end, panic, abort, `kill -9`, Ctrl-C). See `walhook::embedded`.
+//! end, panic, abort, `kill -9`, Ctrl-C). See `walhook::devtools::embedded`.
 
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use walhook::embedded::TempCluster;
+use walhook::devtools::embedded::TempCluster;
 
 /// The cluster shared by all tests of this binary, started on first use.
 /// Blocking: from async tests prefer [`fresh_db`], which starts it off the

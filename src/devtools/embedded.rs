@@ -26,6 +26,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::pg::quote_ident;
+
 /// Environment variable naming the directory that holds `initdb`, `pg_ctl`
 /// and `postgres`; it wins over every other place.
 pub const PG_BIN_ENV: &str = "WALHOOK_PG_BIN";
@@ -538,10 +540,6 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Asks the kernel for a free loopback port. Another process may take it
 /// before the server binds it; `start_with` retries in that case.
 fn free_port() -> Result<u16, EmbeddedError> {
@@ -766,12 +764,6 @@ mod tests {
         assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
         assert_eq!(last_lines("a", 5), "a");
         assert_eq!(last_lines("", 5), "");
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("plain"), "\"plain\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The receiver has two endpoints: `crm` (superleap signature, every event)
 //! and `analytics` (Standard Webhooks, `lead.*` and `student.*`), which
 //! answers 500 to its first two requests so a retry shows. Every request's
-//! signatures are verified with [`crate::listen::Verifier`].
+//! signatures are verified with [`crate::devtools::listen::Verifier`].
 //!
 //! Promise: [`run`] returns only after walhook has stopped and the cluster is
 //! stopped and its directory removed, whether it succeeded, failed or was
@@ -29,11 +29,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Secret, quote_ident};
-use crate::dispatch::filter;
-use crate::embedded::{EmbeddedError, TempCluster};
-use crate::ledger::{self, LedgerError};
-use crate::listen::{self, Printer, Verifier};
+use crate::config::{Config, ConfigError, Secret};
+use crate::devtools::embedded::{EmbeddedError, TempCluster};
+use crate::devtools::listen::{self, Printer, Verifier};
+use crate::event::filter;
+use crate::ledger::LedgerError;
+use crate::pg::{self, quote_ident};
 use crate::source::setup::{self, SetupError};
 use crate::{Roles, RunError};
 
@@ -345,13 +346,25 @@ async fn scenario(
     parts: &mut Running,
     t0: Instant,
 ) -> Result<Summary, DemoError> {
-    let postgres = ledger::connect(&Secret::new(cluster.url("postgres")), "walhook demo").await?;
+    let postgres = pg::connect(
+        &Secret::new(cluster.url("postgres")),
+        "walhook demo",
+        pg::DEFAULT_LOGIN_TIMEOUT,
+    )
+    .await
+    .map_err(LedgerError::from)?;
     postgres
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(DATABASE)))
         .await?;
     drop(postgres);
     let url = cluster.url(DATABASE);
-    let db = ledger::connect(&Secret::new(url.clone()), "walhook demo").await?;
+    let db = pg::connect(
+        &Secret::new(url.clone()),
+        "walhook demo",
+        pg::DEFAULT_LOGIN_TIMEOUT,
+    )
+    .await
+    .map_err(LedgerError::from)?;
     db.batch_execute(TABLES_SQL).await?;
     printer.print(
         "created database walhook_demo with public.leads, public.users, public.opportunities and the custom object crm.students",

@@ -92,6 +92,38 @@ pub enum Message {
     Other(u8),
 }
 
+/// A row change as it came from pgoutput.
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    Insert {
+        new: Tuple,
+    },
+    Update {
+        old: Option<(OldKind, Tuple)>,
+        new: Tuple,
+    },
+    Delete {
+        old: (OldKind, Tuple),
+    },
+}
+
+impl Message {
+    /// The row change this message carries, with its relation id; any other
+    /// message is given back.
+    pub fn into_row_change(self) -> Result<(u32, RowChange), Message> {
+        match self {
+            Message::Insert { relation_id, new } => Ok((relation_id, RowChange::Insert { new })),
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => Ok((relation_id, RowChange::Update { old, new })),
+            Message::Delete { relation_id, old } => Ok((relation_id, RowChange::Delete { old })),
+            other => Err(other),
+        }
+    }
+}
+
 /// A malformed or truncated message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {

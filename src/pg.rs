@@ -1,0 +1,382 @@
+//! Leaf helpers for talking to PostgreSQL, used by every room above: SQL
+//! quoting, the [`Lsn`] type and its forward-only [`Progress`], unix-time
+//! conversions, error text that keeps the server's message, and the one place
+//! where connections are opened (so connect timeouts, and later TLS, are
+//! decided once).
+//!
+//! Nothing here knows walhook's tables or configuration.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::secret::Secret;
+
+/// An SQL identifier, always double-quoted (`"` doubled inside).
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// An SQL string literal (`E'...'` when it holds a backslash).
+pub fn quote_literal(text: &str) -> String {
+    postgres_protocol::escape::escape_literal(text)
+}
+
+/// A position in the write-ahead log. Printed as Postgres does (`0/16B3748`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl From<PgLsn> for Lsn {
+    fn from(l: PgLsn) -> Lsn {
+        Lsn(u64::from(l))
+    }
+}
+
+impl From<Lsn> for PgLsn {
+    fn from(l: Lsn) -> PgLsn {
+        PgLsn::from(l.0)
+    }
+}
+
+/// A position that only moves forward: the highest [`Lsn`] it was ever
+/// advanced to. Acknowledging a smaller LSN to the server would be harmless
+/// there but means a bug here, so debug builds assert on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress(Lsn);
+
+impl Progress {
+    pub fn new(start: Lsn) -> Progress {
+        Progress(start)
+    }
+
+    pub fn get(self) -> Lsn {
+        self.0
+    }
+
+    /// Moves to `to` when it is ahead; returns whether it moved.
+    pub fn advance(&mut self, to: Lsn) -> bool {
+        if to > self.0 {
+            self.0 = to;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Milliseconds since the Unix epoch (negative before 1970).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The current wall-clock time in unix milliseconds.
+pub fn now_unix_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+pub fn system_time_from_unix_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+pub fn system_time_from_unix_micros(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+/// The SQLSTATE of an error the server sent.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+/// An error as the server explained it: message, SQLSTATE, detail and hint
+/// (tokio-postgres' own `Display` says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return error_chain(e);
+    };
+    let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!("; hint: {hint}"));
+    }
+    out
+}
+
+/// An error with its causes, `: `-separated, each said once.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A database error that prints the server's whole explanation.
+#[derive(Debug)]
+pub struct DbError(pub tokio_postgres::Error);
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> DbError {
+        DbError(e)
+    }
+}
+
+impl DbError {
+    pub fn sqlstate(&self) -> Option<&str> {
+        sqlstate(&self.0)
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the database URL is not valid: {0}")]
+    Url(String),
+    #[error("cannot connect to the database ({target}): {source}")]
+    Refused {
+        target: String,
+        #[source]
+        source: DbError,
+    },
+    #[error(
+        "the database ({target}) did not answer the login within {after:?}: the server accepts connections but does not respond"
+    )]
+    Timeout { target: String, after: Duration },
+}
+
+impl ConnectError {
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ConnectError::Refused { source, .. } => source.sqlstate(),
+            _ => None,
+        }
+    }
+
+    /// Waiting will not fix it: a bad URL, a refused login, a missing database.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ConnectError::Url(_))
+            || matches!(self.sqlstate(), Some("28P01" | "28000" | "3D000"))
+    }
+}
+
+/// Parses a libpq-style URL or key=value string.
+pub fn parse_url(url: &Secret) -> Result<tokio_postgres::Config, ConnectError> {
+    url.expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| ConnectError::Url(e.to_string()))
+}
+
+/// A connection target with the password hidden, for messages:
+/// `user@host:port/db`.
+pub fn describe_target(url: &Secret) -> String {
+    match url.expose().parse::<tokio_postgres::Config>() {
+        Ok(cfg) => {
+            let host = cfg
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = cfg.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "{}@{}:{}/{}",
+                cfg.get_user().unwrap_or("?"),
+                host,
+                port,
+                cfg.get_dbname().unwrap_or("?")
+            )
+        }
+        Err(_) => "<unparseable database URL>".into(),
+    }
+}
+
+/// How long one login may take when the caller gives no deadline.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection (its driver runs on its own task). `timeout` bounds the
+/// whole login: TCP, authentication and a first round trip, so a server that
+/// accepts TCP and never answers cannot hang the caller.
+pub async fn connect(
+    url: &Secret,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Client, ConnectError> {
+    connect_notifying(url, application_name, timeout, |_| {}).await
+}
+
+/// [`connect`], calling `on_notification` with the channel of every
+/// NOTIFY this session receives (after it has run LISTEN).
+pub async fn connect_notifying(
+    url: &Secret,
+    application_name: &str,
+    timeout: Duration,
+    on_notification: impl Fn(&str) + Send + 'static,
+) -> Result<Client, ConnectError> {
+    let mut cfg = parse_url(url)?;
+    cfg.application_name(application_name);
+    // Idempotent DDL (`IF NOT EXISTS`) would otherwise fill the log with NOTICEs.
+    let options = format!(
+        "{} -c client_min_messages=warning",
+        cfg.get_options().unwrap_or_default()
+    );
+    cfg.options(options.trim());
+    cfg.connect_timeout(timeout);
+    let target = || describe_target(url);
+    let login = async {
+        let (client, mut conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => on_notification(n.channel()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "database connection closed");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        client.simple_query("").await?;
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    match tokio::time::timeout(timeout, login).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(ConnectError::Refused {
+            target: target(),
+            source: DbError(e),
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            target: target(),
+            after: timeout,
+        }),
+    }
+}
+
+/// Keeps trying to connect until `timeout` has passed (start-up of every
+/// command); each try gets what is left of it. Gives up at once on what
+/// waiting cannot fix.
+pub async fn connect_within(
+    url: &Secret,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Client, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match connect(url, application_name, left.max(Duration::from_millis(100))).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if e.is_permanent() || tokio::time::Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_always_quoted() {
+        assert_eq!(quote_ident("leads"), "\"leads\"");
+        assert_eq!(quote_ident("My\"Table"), "\"My\"\"Table\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn lsn_prints_like_postgres() {
+        assert_eq!(Lsn(0x016B_3748).to_string(), "0/16B3748");
+        assert_eq!(Lsn((3 << 32) | 0xA0).to_string(), "3/A0");
+    }
+
+    #[test]
+    fn progress_only_moves_forward() {
+        let mut p = Progress::new(Lsn(100));
+        assert!(!p.advance(Lsn(50)));
+        assert!(!p.advance(Lsn(100)));
+        assert_eq!(p.get(), Lsn(100));
+        assert!(p.advance(Lsn(101)));
+        assert_eq!(p.get(), Lsn(101));
+    }
+
+    #[test]
+    fn unix_time_round_trips_before_and_after_1970() {
+        for ms in [-1_500, 0, 1_741_686_315_971] {
+            assert_eq!(unix_ms(system_time_from_unix_ms(ms)), ms);
+        }
+        assert_eq!(
+            unix_ms(system_time_from_unix_micros(1_741_686_315_971_999)),
+            1_741_686_315_971
+        );
+    }
+
+    #[test]
+    fn targets_never_show_the_password() {
+        let t = describe_target(&Secret::new("postgres://app:hunter2@db.example:6432/crm"));
+        assert_eq!(t, "app@db.example:6432/crm");
+    }
+
+    #[test]
+    fn bad_urls_are_permanent_errors() {
+        let e = parse_url(&Secret::new("postgres://[::1")).unwrap_err();
+        assert!(e.is_permanent());
+    }
+}
