@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::pg::Lsn;
+
 /// Upper bounds (seconds) of the attempt latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -47,11 +49,11 @@ impl Metrics {
     pub fn streaming(&self) -> bool {
         self.streaming.load(Ordering::Relaxed)
     }
-    pub fn set_acked_lsn(&self, lsn: u64) {
-        self.acked_lsn.store(lsn, Ordering::Relaxed);
+    pub fn set_acked_lsn(&self, lsn: Lsn) {
+        self.acked_lsn.store(lsn.as_u64(), Ordering::Relaxed);
     }
-    pub fn acked_lsn(&self) -> u64 {
-        self.acked_lsn.load(Ordering::Relaxed)
+    pub fn acked_lsn(&self) -> Lsn {
+        Lsn(self.acked_lsn.load(Ordering::Relaxed))
     }
     pub fn set_last_commit_unix_micros(&self, t: i64) {
         self.last_commit_unix_micros.store(t, Ordering::Relaxed);

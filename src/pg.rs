@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pgwire_replication::{ReplicationConfig, TlsConfig};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -45,6 +46,18 @@ impl fmt::Display for Lsn {
 impl From<PgLsn> for Lsn {
     fn from(l: PgLsn) -> Lsn {
         Lsn(u64::from(l))
+    }
+}
+
+impl From<pgwire_replication::Lsn> for Lsn {
+    fn from(l: pgwire_replication::Lsn) -> Lsn {
+        Lsn(l.as_u64())
+    }
+}
+
+impl From<Lsn> for pgwire_replication::Lsn {
+    fn from(l: Lsn) -> pgwire_replication::Lsn {
+        pgwire_replication::Lsn::from_u64(l.0)
     }
 }
 
@@ -328,6 +341,51 @@ pub async fn connect_within(
             }
         }
     }
+}
+
+/// Settings for a logical replication session on `slot` with pgoutput over
+/// `publication`, from the database URL. The caller adds what is specific
+/// to its session (start position, status interval, options).
+pub fn replication_config(
+    url: &Secret,
+    slot: &str,
+    publication: &str,
+) -> Result<ReplicationConfig, ConnectError> {
+    let pg = parse_url(url)?;
+    let user = pg.get_user().unwrap_or("postgres").to_string();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let dbname = pg.get_dbname().unwrap_or(&user).to_string();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    // Names inside publication_names are split like identifiers: quote ours
+    // so that a mixed-case name is not folded to lower case.
+    let publication = quote_ident(publication);
+    let slot = slot.to_string();
+    let rc = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.display().to_string(),
+            port,
+            user,
+            password,
+            dbname,
+            slot,
+            publication,
+        ),
+        host => {
+            let host = match host {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                _ => "localhost".to_string(),
+            };
+            ReplicationConfig::new(host, user, password, dbname, slot, publication).with_port(port)
+        }
+    };
+    let tls = match pg.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
+        _ => TlsConfig::disabled(),
+    };
+    Ok(rc.with_tls(tls))
 }
 
 #[cfg(test)]

@@ -415,7 +415,7 @@ impl<'a> Dispatcher<'a> {
         let event = system::endpoint_disabled(&self.cfg.source.name, endpoint, reason, now_ms);
         let ev = NewEvent {
             event,
-            commit_lsn: 0,
+            commit_lsn: crate::pg::Lsn::ZERO,
             change_index: 0,
             commit_time_unix_micros: now_ms * 1000,
             endpoints: vec![target],

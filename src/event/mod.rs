@@ -15,6 +15,7 @@ pub mod value;
 
 use serde_json::{Map, Value};
 
+use crate::pg::Lsn;
 use crate::pgoutput::{Datum, OldKind, Relation, RowChange, Tuple};
 
 /// Everything needed to map the changes of one mapped table.
@@ -163,7 +164,7 @@ pub struct ChangeContext<'a> {
     /// `source.name`.
     pub source_name: &'a str,
     /// The transaction's commit LSN (Begin.final_lsn == Commit.lsn).
-    pub commit_lsn: u64,
+    pub commit_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_unix_micros: i64,
     /// 0-based index of this row change among the transaction's row changes.
@@ -311,7 +312,7 @@ pub fn map_change(
         ctx.commit_time_unix_micros,
         &record_key,
         &name,
-        ctx.commit_lsn,
+        ctx.commit_lsn.as_u64(),
         ctx.change_index,
     );
     // Value's Display is compact serde_json output; the key order is fixed here.
@@ -385,7 +386,7 @@ mod tests {
     fn ctx() -> ChangeContext<'static> {
         ChangeContext {
             source_name: "app",
-            commit_lsn: 0x16B_3740_0028,
+            commit_lsn: Lsn(0x16B_3740_0028),
             commit_time_unix_micros: 1_741_686_315_971_842,
             change_index: 2,
         }

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
 
 use crate::event::Event;
-use crate::pg::{ConnectError, DbError, quote_ident, system_time_from_unix_micros};
+use crate::pg::{ConnectError, DbError, Lsn, quote_ident, system_time_from_unix_micros};
 
 /// Errors at the ledger boundary.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,7 @@ impl LedgerError {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event: Event,
-    pub commit_lsn: u64,
+    pub commit_lsn: Lsn,
     pub change_index: u32,
     pub commit_time_unix_micros: i64,
     /// Endpoint ids subscribed to this event.
@@ -138,7 +138,7 @@ impl Ledger {
         &self,
         client: &mut Client,
         events: &[NewEvent],
-        progress: Option<(&str, u64)>,
+        progress: Option<(&str, Lsn)>,
     ) -> Result<Appended, LedgerError> {
         let tx = client.transaction().await?;
         let mut out = Appended::default();
@@ -195,7 +195,7 @@ impl Ledger {
     }
 
     /// The last position whose events the ledger holds, if any.
-    pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<u64>, LedgerError> {
+    pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<Lsn>, LedgerError> {
         let s = self.q();
         let row = client
             .query_opt(
@@ -203,7 +203,7 @@ impl Ledger {
                 &[&slot],
             )
             .await?;
-        Ok(row.map(|r| u64::from(r.get::<_, PgLsn>(0))))
+        Ok(row.map(|r| Lsn::from(r.get::<_, PgLsn>(0))))
     }
 
     /// Count a TRUNCATE of a mapped table (TRUNCATE emits no row events).

@@ -1,6 +1,10 @@
 //! The replication side: the capture loop that reads the slot and turns
-//! committed changes into events, and `setup`/`teardown` of what it needs in
-//! the database.
+//! committed changes into events, the relation cache it keeps, the ledger
+//! writer it hands events to, the policy for its errors, and `setup` of what
+//! it needs in the database.
 
 pub mod capture;
+pub mod policy;
+pub mod relations;
 pub mod setup;
+pub mod writer;
