@@ -376,7 +376,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                 cfg.source.connect_timeout,
             )
             .await?;
-            for line in teardown(&client, &cfg, drop_ledger).await? {
+            for line in walhook::source::teardown::run(&client, &cfg, drop_ledger).await? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
@@ -513,59 +513,6 @@ fn toggled(t: &report::EndpointToggle) -> String {
     } else {
         format!("endpoint {} was already {state}\n", t.endpoint)
     }
-}
-
-async fn teardown(
-    client: &tokio_postgres::Client,
-    cfg: &Config,
-    drop_ledger: bool,
-) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let active: Option<bool> = client
-        .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.source.slot],
-        )
-        .await?
-        .map(|r| r.get(0));
-    match active {
-        Some(true) => bail!(
-            "the replication slot {} is in use by a running walhook; stop it first",
-            cfg.source.slot
-        ),
-        Some(false) => {
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.source.slot])
-                .await?;
-            out.push(format!("- replication slot {} dropped", cfg.source.slot));
-        }
-        None => out.push(format!(
-            "= replication slot {} was not there",
-            cfg.source.slot
-        )),
-    }
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            walhook::pg::quote_ident(&cfg.source.publication)
-        ))
-        .await?;
-    out.push(format!("- publication {} dropped", cfg.source.publication));
-    if drop_ledger {
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                walhook::pg::quote_ident(&cfg.ledger.schema)
-            ))
-            .await?;
-        out.push(format!("- ledger schema {} dropped", cfg.ledger.schema));
-    } else {
-        out.push(format!(
-            "= ledger schema {} kept (use --drop-ledger to drop it)",
-            cfg.ledger.schema
-        ));
-    }
-    Ok(out)
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {

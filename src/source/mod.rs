@@ -7,4 +7,5 @@ pub mod capture;
 pub mod policy;
 pub mod relations;
 pub mod setup;
+pub mod teardown;
 pub mod writer;

@@ -6,9 +6,9 @@
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, ReplicaIdentity};
+use crate::config::{Config, ObjectConfig, ReplicaIdentity};
 use crate::ledger;
-use crate::pg::quote_ident;
+use crate::pg::{DbError, quote_ident};
 
 /// Why setup (or a pre-flight check) cannot go on; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +41,17 @@ pub enum SetupError {
     Db {
         action: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: DbError,
     },
+    #[error(
+        "the replication slot {slot} is in use by a running walhook; stop it first (`walhook status` shows the slot)"
+    )]
+    SlotInUse { slot: String },
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
 }
 
-fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
+pub(super) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
     move |source| {
         if source.code().map(|c| c.code()) == Some("42501") {
             let detail = source
@@ -61,7 +65,7 @@ fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_
         } else {
             SetupError::Db {
                 action: action.to_string(),
-                source,
+                source: DbError(source),
             }
         }
     }
@@ -209,26 +213,47 @@ pub async fn slot_plugin(client: &Client, slot: &str) -> Result<Option<String>, 
 
 /// Run setup; returns what was done, step by step.
 pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError> {
-    let mut steps = Vec::new();
     check_wal_level(client).await?;
-    steps.push(Step {
-        what: "wal_level is logical".into(),
-        changed: false,
-    });
     check_tables(client, cfg).await?;
-    steps.push(Step {
-        what: format!(
+    let mut steps = vec![
+        Step::found("wal_level is logical"),
+        Step::found(format!(
             "{} mapped table(s) exist and have primary keys",
             cfg.objects.len()
-        ),
-        changed: false,
-    });
+        )),
+        ledger_schema(client, &cfg.ledger.schema).await?,
+        publication(client, cfg).await?,
+    ];
+    if cfg.source.replica_identity == ReplicaIdentity::Full {
+        for o in &cfg.objects {
+            steps.push(replica_identity_full(client, o).await?);
+        }
+    }
+    steps.push(slot(client, &cfg.source.slot).await?);
+    Ok(steps)
+}
 
-    let schema = &cfg.ledger.schema;
+impl Step {
+    fn found(what: impl Into<String>) -> Step {
+        Step {
+            what: what.into(),
+            changed: false,
+        }
+    }
+
+    fn made(what: impl Into<String>) -> Step {
+        Step {
+            what: what.into(),
+            changed: true,
+        }
+    }
+}
+
+async fn ledger_schema(client: &Client, schema: &str) -> Result<Step, SetupError> {
     let existed = client
         .query_one(
             "SELECT to_regclass(format('%I.attempts', $1::text)) IS NOT NULL",
-            &[schema],
+            &[&schema],
         )
         .await
         .map_err(db_err("look up the ledger schema"))?
@@ -239,101 +264,85 @@ pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError>
             .await
             .map_err(db_err("create the ledger schema"))?;
     }
-    steps.push(Step {
-        what: format!("ledger schema {schema}"),
-        changed: !existed,
-    });
+    let what = format!("ledger schema {schema}");
+    Ok(if existed {
+        Step::found(what)
+    } else {
+        Step::made(what)
+    })
+}
 
+async fn publication(client: &Client, cfg: &Config) -> Result<Step, SetupError> {
     let publication = &cfg.source.publication;
-    let want = mapped_tables(cfg);
-    match publication_tables(client, publication).await? {
-        None => {
-            client
-                .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
-                    quote_ident(publication),
-                    tables_sql(cfg)
-                ))
-                .await
-                .map_err(db_err("create the publication"))?;
-            steps.push(Step {
-                what: format!("publication {publication} created"),
-                changed: true,
-            });
+    let (verb, action, done) = match publication_tables(client, publication).await? {
+        None => ("CREATE", "create the publication", "created"),
+        Some(have) if have == mapped_tables(cfg) => {
+            return Ok(Step::found(format!(
+                "publication {publication} covers exactly the mapped tables"
+            )));
         }
-        Some(have) if have == want => steps.push(Step {
-            what: format!("publication {publication} covers exactly the mapped tables"),
-            changed: false,
-        }),
-        Some(_) => {
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION {} SET TABLE {}",
-                    quote_ident(publication),
-                    tables_sql(cfg)
-                ))
-                .await
-                .map_err(db_err("change the publication's tables"))?;
-            steps.push(Step {
-                what: format!("publication {publication} set to the mapped tables"),
-                changed: true,
-            });
-        }
-    }
+        Some(_) => (
+            "ALTER",
+            "change the publication's tables",
+            "set to the mapped tables",
+        ),
+    };
+    let set = if verb == "CREATE" { "FOR" } else { "SET" };
+    client
+        .batch_execute(&format!(
+            "{verb} PUBLICATION {} {set} TABLE {}",
+            quote_ident(publication),
+            tables_sql(cfg)
+        ))
+        .await
+        .map_err(db_err(action))?;
+    Ok(Step::made(format!("publication {publication} {done}")))
+}
 
-    if cfg.source.replica_identity == ReplicaIdentity::Full {
-        for o in &cfg.objects {
-            let ident: i8 = client
-                .query_one(
-                    "SELECT c.relreplident::\"char\" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname = $2",
-                    &[&o.schema, &o.table],
-                )
-                .await
-                .map_err(db_err("read replica identity"))?
-                .get(0);
-            let full = ident as u8 == b'f';
-            if !full {
-                client
-                    .batch_execute(&format!(
-                        "ALTER TABLE {} REPLICA IDENTITY FULL",
-                        o.qualified_sql()
-                    ))
-                    .await
-                    .map_err(db_err("set REPLICA IDENTITY FULL"))?;
-            }
-            steps.push(Step {
-                what: format!("{} has REPLICA IDENTITY FULL", o.qualified_sql()),
-                changed: !full,
-            });
-        }
+async fn replica_identity_full(client: &Client, o: &ObjectConfig) -> Result<Step, SetupError> {
+    let ident: i8 = client
+        .query_one(
+            "SELECT c.relreplident::\"char\" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&o.schema, &o.table],
+        )
+        .await
+        .map_err(db_err("read replica identity"))?
+        .get(0);
+    let what = format!("{} has REPLICA IDENTITY FULL", o.qualified_sql());
+    if ident as u8 == b'f' {
+        return Ok(Step::found(what));
     }
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL",
+            o.qualified_sql()
+        ))
+        .await
+        .map_err(db_err("set REPLICA IDENTITY FULL"))?;
+    Ok(Step::made(what))
+}
 
-    let slot = &cfg.source.slot;
+async fn slot(client: &Client, slot: &str) -> Result<Step, SetupError> {
     match slot_plugin(client, slot).await? {
-        Some(p) if p == "pgoutput" => steps.push(Step {
-            what: format!("replication slot {slot} (pgoutput)"),
-            changed: false,
-        }),
-        Some(plugin) => {
-            return Err(SetupError::SlotPlugin {
-                slot: slot.clone(),
-                plugin,
-            });
+        Some(p) if p == "pgoutput" => {
+            Ok(Step::found(format!("replication slot {slot} (pgoutput)")))
         }
+        Some(plugin) => Err(SetupError::SlotPlugin {
+            slot: slot.to_string(),
+            plugin,
+        }),
         None => {
             client
                 .execute(
                     "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[slot],
+                    &[&slot],
                 )
                 .await
                 .map_err(db_err("create the replication slot"))?;
-            steps.push(Step {
-                what: format!("replication slot {slot} created (pgoutput)"),
-                changed: true,
-            });
+            Ok(Step::made(format!(
+                "replication slot {slot} created (pgoutput)"
+            )))
         }
     }
-    Ok(steps)
 }
