@@ -95,49 +95,7 @@ impl Ledger {
             lease,
             per_record,
         } = *req;
-        let s = self.q();
-        // "d is the record's earliest open delivery for this endpoint", as a
-        // correlated scalar subquery rather than NOT EXISTS: an anti-join lets
-        // the planner, misled by the stale statistics of a young ledger,
-        // probe deliveries_record by endpoint alone and filter every open
-        // delivery per candidate (hundreds of ms per claim); a subquery
-        // parameterised by (endpoint_id, record) can only be one index probe.
-        let order_clause = if per_record {
-            format!(
-                "AND d.event_seq = (SELECT min(p.event_seq) FROM {s}.deliveries p
-                    WHERE p.endpoint_id = d.endpoint_id AND p.record = d.record
-                      AND p.status IN ('pending', 'retrying'))"
-            )
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "WITH lim AS (
-               SELECT l.endpoint_id, l.n FROM unnest($3::text[], $5::int8[]) AS l(endpoint_id, n)
-               WHERE l.n > 0
-                 AND l.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
-             ), cand AS (
-               SELECT c.id FROM lim CROSS JOIN LATERAL (
-                 SELECT d.id, d.next_attempt_at FROM {s}.deliveries d
-                 WHERE d.endpoint_id = lim.endpoint_id
-                   AND d.status IN ('pending', 'retrying')
-                   AND d.next_attempt_at <= now()
-                   AND (d.lease_until IS NULL OR d.lease_until < now())
-                   {order_clause}
-                 ORDER BY d.next_attempt_at, d.id
-                 LIMIT lim.n
-                 FOR UPDATE OF d SKIP LOCKED
-               ) c
-               ORDER BY c.next_attempt_at, c.id
-               LIMIT $1
-             )
-             UPDATE {s}.deliveries d
-                SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
-               FROM cand, {s}.events e
-              WHERE d.id = cand.id AND e.seq = d.event_seq
-             RETURNING d.id, d.endpoint_id, e.event_id, e.name, e.body, d.attempts,
-                       d.cycle_attempts, d.cycle_started_at"
-        );
+        let sql = claim_sql(&self.q(), per_record);
         let rows = client
             .query(
                 &sql,
@@ -221,34 +179,7 @@ impl Ledger {
         // those get an attempt row.
         let row = client
             .query_one(
-                &format!(
-                    "WITH r AS (
-                       SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[],
-                                            $5::text[], $6::timestamptz[], $7::int4[], $8::text[],
-                                            $9::text[], $10::text[])
-                         AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers)
-                     ), upd AS (
-                       UPDATE {s}.deliveries d
-                          SET status = r.status,
-                              next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
-                              attempts = d.attempts + 1,
-                              cycle_attempts = d.cycle_attempts + 1,
-                              lease_owner = NULL, lease_until = NULL,
-                              last_status_code = r.code, last_error = r.err,
-                              updated_at = now()
-                         FROM r
-                        WHERE d.id = r.id AND d.lease_owner = $11
-                       RETURNING d.id
-                     ), ins AS (
-                       INSERT INTO {s}.attempts
-                         (delivery_id, started_at, duration_ms, status_code, error_kind, error,
-                          response_excerpt, request_headers)
-                       SELECT r.id, r.started, r.dur, r.code, r.kind, r.err, r.excerpt, r.headers::jsonb
-                       FROM r JOIN upd USING (id)
-                       RETURNING 1
-                     )
-                     SELECT count(*) FROM ins"
-                ),
+                &record_sql(&s),
                 &[
                     &ids, &status, &next_at, &codes, &errors, &started, &durations, &kinds,
                     &excerpts, &headers, &owner,
@@ -411,4 +342,82 @@ impl Ledger {
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
+
+/// The claim statement; see [`Ledger::claim`].
+fn claim_sql(s: &str, per_record: bool) -> String {
+    // "d is the record's earliest open delivery for this endpoint", as a
+    // correlated scalar subquery rather than NOT EXISTS: an anti-join lets
+    // the planner, misled by the stale statistics of a young ledger,
+    // probe deliveries_record by endpoint alone and filter every open
+    // delivery per candidate (hundreds of ms per claim); a subquery
+    // parameterised by (endpoint_id, record) can only be one index probe.
+    let order_clause = if per_record {
+        format!(
+            "AND d.event_seq = (SELECT min(p.event_seq) FROM {s}.deliveries p
+                WHERE p.endpoint_id = d.endpoint_id AND p.record = d.record
+                  AND p.status IN ('pending', 'retrying'))"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "WITH lim AS (
+           SELECT l.endpoint_id, l.n FROM unnest($3::text[], $5::int8[]) AS l(endpoint_id, n)
+           WHERE l.n > 0
+             AND l.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
+         ), cand AS (
+           SELECT c.id FROM lim CROSS JOIN LATERAL (
+             SELECT d.id, d.next_attempt_at FROM {s}.deliveries d
+             WHERE d.endpoint_id = lim.endpoint_id
+               AND d.status IN ('pending', 'retrying')
+               AND d.next_attempt_at <= now()
+               AND (d.lease_until IS NULL OR d.lease_until < now())
+               {order_clause}
+             ORDER BY d.next_attempt_at, d.id
+             LIMIT lim.n
+             FOR UPDATE OF d SKIP LOCKED
+           ) c
+           ORDER BY c.next_attempt_at, c.id
+           LIMIT $1
+         )
+         UPDATE {s}.deliveries d
+            SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
+           FROM cand, {s}.events e
+          WHERE d.id = cand.id AND e.seq = d.event_seq
+         RETURNING d.id, d.endpoint_id, e.event_id, e.name, e.body, d.attempts,
+                   d.cycle_attempts, d.cycle_started_at"
+    )
+}
+
+/// The record statement; see [`Ledger::record`].
+fn record_sql(s: &str) -> String {
+    format!(
+        "WITH r AS (
+           SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[],
+                                $5::text[], $6::timestamptz[], $7::int4[], $8::text[],
+                                $9::text[], $10::text[])
+             AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers)
+         ), upd AS (
+           UPDATE {s}.deliveries d
+              SET status = r.status,
+                  next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
+                  attempts = d.attempts + 1,
+                  cycle_attempts = d.cycle_attempts + 1,
+                  lease_owner = NULL, lease_until = NULL,
+                  last_status_code = r.code, last_error = r.err,
+                  updated_at = now()
+             FROM r
+            WHERE d.id = r.id AND d.lease_owner = $11
+           RETURNING d.id
+         ), ins AS (
+           INSERT INTO {s}.attempts
+             (delivery_id, started_at, duration_ms, status_code, error_kind, error,
+              response_excerpt, request_headers)
+           SELECT r.id, r.started, r.dur, r.code, r.kind, r.err, r.excerpt, r.headers::jsonb
+           FROM r JOIN upd USING (id)
+           RETURNING 1
+         )
+         SELECT count(*) FROM ins"
+    )
 }
