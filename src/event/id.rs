@@ -67,16 +67,22 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-/// A key value with `%`, `:` and `,` percent-encoded, so that the record key
-/// splits back into its parts and never breaks the `:`-separated event id.
+/// A key value as it goes into a record key (SPEC §5): `%`, `:`, `,` and
+/// every byte outside printable ASCII (0x21-0x7E: space, controls, the UTF-8
+/// bytes of non-ASCII characters) percent-encoded as `%XX`, so that the
+/// record key splits back into its parts, never breaks the `:`-separated
+/// event id, and an event id is always a valid HTTP header value. Keys of
+/// plain printable ASCII come out unchanged.
 pub fn escape_key(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            ',' => out.push_str("%2C"),
-            c => out.push(c),
+    for &b in text.as_bytes() {
+        if matches!(b, 0x21..=0x7E) && !matches!(b, b'%' | b':' | b',') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
         }
     }
     out
@@ -171,5 +177,21 @@ mod tests {
         assert_eq!(ms(-1), "-1");
         assert_eq!(ms(-1_000), "-1");
         assert_eq!(ms(-1_001), "-2");
+    }
+
+    #[test]
+    fn record_keys_are_always_header_safe() {
+        assert_eq!(escape_key("lead_987654321"), "lead_987654321");
+        assert_eq!(escape_key("a:b,c%d"), "a%3Ab%2Cc%25d");
+        assert_eq!(escape_key("two words"), "two%20words");
+        assert_eq!(escape_key("line\r\nbreak"), "line%0D%0Abreak");
+        assert_eq!(escape_key("Zoë"), "Zo%C3%AB");
+        assert_eq!(escape_key("🎉"), "%F0%9F%8E%89");
+        for key in ["x\u{7f}y", "tab\tz", "é:,%"] {
+            let escaped = escape_key(key);
+            assert!(escaped.bytes().all(|b| matches!(b, 0x21..=0x7E)), "{escaped}");
+            let id = event_id("app", "lead", 0, &escaped, "lead.create", 1, 0);
+            assert!(reqwest::header::HeaderValue::from_str(&id).is_ok(), "{id}");
+        }
     }
 }
