@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(escape_key("🎉"), "%F0%9F%8E%89");
         for key in ["x\u{7f}y", "tab\tz", "é:,%"] {
             let escaped = escape_key(key);
-            assert!(escaped.bytes().all(|b| matches!(b, 0x21..=0x7E)), "{escaped}");
+            assert!(
+                escaped.bytes().all(|b| matches!(b, 0x21..=0x7E)),
+                "{escaped}"
+            );
             let id = event_id("app", "lead", 0, &escaped, "lead.create", 1, 0);
             assert!(reqwest::header::HeaderValue::from_str(&id).is_ok(), "{id}");
         }

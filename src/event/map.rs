@@ -1,8 +1,6 @@
 //! One table's mapping: [`TableMap`], built from the table's latest Relation
 //! message, and [`map_change`], which turns one row change into its event.
 
-use serde_json::{Map, Value};
-
 use super::{ChangeContext, Event, EventError, Verb, id, value};
 use crate::pgoutput::{Datum, OldKind, Relation, RowChange, Tuple};
 
@@ -89,28 +87,61 @@ impl TableMap {
         Ok(())
     }
 
-    /// One body object: the included columns whose datum is known, in table order.
-    fn object<'t>(&self, datum: impl Fn(usize) -> Option<&'t Datum>) -> Map<String, Value> {
-        let mut out = Map::new();
-        for (i, column) in self.relation.columns.iter().enumerate() {
-            // excluded and kinds are built from the relation; `get` only
-            // guards against a hand-built TableMap.
-            if self.excluded.get(i).copied().unwrap_or(false) {
-                continue;
+    /// One body object's columns: the included ones whose datum is known, in
+    /// table order.
+    fn select<'t>(&self, datum: impl Fn(usize) -> Option<&'t Datum>) -> Selection<'t> {
+        (0..self.relation.columns.len())
+            // excluded is built from the relation; `get` only guards
+            // against a hand-built TableMap.
+            .filter(|&i| !self.excluded.get(i).copied().unwrap_or(false))
+            .filter_map(|i| match datum(i) {
+                Some(d @ (Datum::Null | Datum::Text(_))) => Some((i, d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `{"before":{..},"after":{..},"diff":{..}}`, written straight into one
+    /// buffer sized up front: a large value is copied once, not once per
+    /// intermediate JSON tree.
+    fn body(&self, before: &Selection, after: &Selection, diff: &Selection) -> String {
+        let estimate: usize = [before, after, diff]
+            .iter()
+            .flat_map(|sel| sel.iter())
+            .map(|(i, d)| self.relation.columns[*i].name.len() + datum_len(d) + 8)
+            .sum();
+        let mut out = Vec::with_capacity(estimate + estimate / 8 + 32);
+        out.extend_from_slice(br#"{"before":"#);
+        self.write_object(&mut out, before);
+        out.extend_from_slice(br#","after":"#);
+        self.write_object(&mut out, after);
+        out.extend_from_slice(br#","diff":"#);
+        self.write_object(&mut out, diff);
+        out.push(b'}');
+        // Only &str and serde_json output went in: always UTF-8.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    fn write_object(&self, out: &mut Vec<u8>, selection: &Selection) {
+        out.push(b'{');
+        for (n, (i, datum)) in selection.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
             }
-            let kind = self.kinds.get(i).unwrap_or(&value::ValueKind::String);
-            let value = match datum(i) {
-                Some(Datum::Null) => Value::Null,
-                Some(Datum::Text(bytes)) => {
+            value::write_str(out, &self.relation.columns[*i].name);
+            out.push(b':');
+            match datum {
+                Datum::Text(bytes) => {
+                    let kind = self.kinds.get(*i).unwrap_or(&value::ValueKind::String);
                     // pgoutput sends text in the database encoding; walhook
                     // expects UTF-8 databases, anything else is replaced, not dropped.
-                    value::to_json(kind, &String::from_utf8_lossy(bytes))
+                    value::write_json(out, kind, &String::from_utf8_lossy(bytes));
                 }
-                Some(Datum::UnchangedToast | Datum::Binary(_)) | None => continue,
-            };
-            out.insert(column.name.clone(), value);
+                _ => out.extend_from_slice(b"null"),
+            }
         }
-        out
+        out.push(b'}');
     }
 
     /// The record key from the key columns' datums (SPEC §5).
@@ -137,6 +168,16 @@ impl TableMap {
             }
         }
         Ok(parts.join(","))
+    }
+}
+
+/// Columns of one body object with their datums (NULL or text).
+type Selection<'t> = Vec<(usize, &'t Datum)>;
+
+fn datum_len(d: &Datum) -> usize {
+    match d {
+        Datum::Text(b) | Datum::Binary(b) => b.len(),
+        _ => 4,
     }
 }
 
@@ -187,9 +228,7 @@ pub fn map_change(
 struct Mapped {
     verb: Verb,
     record_key: String,
-    before: Map<String, Value>,
-    after: Map<String, Value>,
-    diff: Map<String, Value>,
+    body: String,
 }
 
 impl Mapped {
@@ -204,33 +243,24 @@ impl Mapped {
             ctx.commit_lsn.as_u64(),
             ctx.change_index,
         );
-        // Value's Display is compact serde_json output; the key order is fixed here.
-        let body = format!(
-            r#"{{"before":{},"after":{},"diff":{}}}"#,
-            Value::Object(self.before),
-            Value::Object(self.after),
-            Value::Object(self.diff)
-        );
         Event {
             id,
             name,
             slug: map.slug.clone(),
             verb: self.verb,
             record_key: self.record_key,
-            body,
+            body: self.body,
         }
     }
 }
 
 fn map_insert(map: &TableMap, new: &Tuple) -> Result<Mapped, EventError> {
     map.check(new)?;
-    let after = map.object(|i| sent(new.get(i)));
+    let after = map.select(|i| sent(new.get(i)));
     Ok(Mapped {
         verb: Verb::Create,
         record_key: map.record_key(|i| sent(new.get(i)))?,
-        before: Map::new(),
-        diff: after.clone(),
-        after,
+        body: map.body(&Vec::new(), &after, &after),
     })
 }
 
@@ -260,16 +290,14 @@ fn map_update(
         (new, None) => new,
         (None, Some(_)) => None,
     };
-    let diff = map.object(changed);
+    let diff = map.select(changed);
     if diff.is_empty() {
         return Ok(None);
     }
     Ok(Some(Mapped {
         verb: Verb::Update,
         record_key: map.record_key(new_value)?,
-        before: map.object(old_value),
-        after: map.object(new_value),
-        diff,
+        body: map.body(&map.select(old_value), &map.select(new_value), &diff),
     }))
 }
 
@@ -282,9 +310,7 @@ fn map_delete(map: &TableMap, kind: OldKind, old: &Tuple) -> Result<Mapped, Even
     Ok(Mapped {
         verb: Verb::Delete,
         record_key: map.record_key(old_value)?,
-        before: map.object(old_value),
-        after: Map::new(),
-        diff: Map::new(),
+        body: map.body(&map.select(old_value), &Vec::new(), &Vec::new()),
     })
 }
 

@@ -172,6 +172,30 @@ pub fn to_json(kind: &ValueKind, text: &str) -> Value {
     mapped.unwrap_or_else(|| Value::String(text.to_owned()))
 }
 
+/// Appends the JSON for one non-NULL value to `out`: the same text as
+/// `to_json(kind, text)` serialised, without building a JSON tree for strings
+/// and numbers (which hold the large values).
+pub fn write_json(out: &mut Vec<u8>, kind: &ValueKind, text: &str) {
+    match kind {
+        ValueKind::GeoBox | ValueKind::String => write_str(out, text),
+        ValueKind::Int if is_integer_token(text) => out.extend_from_slice(text.as_bytes()),
+        ValueKind::Numeric if is_number_token(text) => out.extend_from_slice(text.as_bytes()),
+        ValueKind::Bool if text == "t" => out.extend_from_slice(b"true"),
+        ValueKind::Bool if text == "f" => out.extend_from_slice(b"false"),
+        _ => {
+            let value = to_json(kind, text);
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &value);
+        }
+    }
+}
+
+/// Appends `text` as a JSON string (quoted and escaped).
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
 /// A JSON number that keeps exactly the token's digits (arbitrary_precision).
 fn number(token: &str) -> Option<Value> {
     serde_json::from_str::<Number>(token)

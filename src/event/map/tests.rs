@@ -2,6 +2,7 @@ use super::*;
 use crate::pg::Lsn;
 use crate::pgoutput::Column;
 use bytes::Bytes;
+use serde_json::Value;
 
 fn col(name: &str, type_oid: u32, flags: u8) -> Column {
     Column {

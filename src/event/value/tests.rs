@@ -290,3 +290,37 @@ fn malformed_arrays_stay_text() {
         Value::String(deep.clone())
     );
 }
+
+#[test]
+fn writing_matches_the_json_tree() {
+    use ValueKind as K;
+    let cases: &[(ValueKind, &str)] = &[
+        (K::String, "plain"),
+        (
+            K::String,
+            "quote \" backslash \\ newline \n tab \t nul \u{0} é 🎉",
+        ),
+        (K::Int, "-9007199254740993"),
+        (K::Int, "01"),
+        (K::Numeric, "12.500000"),
+        (K::Numeric, "NaN"),
+        (K::Float, "1e-7"),
+        (K::Float, "Infinity"),
+        (K::Bool, "t"),
+        (K::Bool, "f"),
+        (K::Bool, "maybe"),
+        (K::Json, r#"{"b": 1.50, "a": [1, null]}"#),
+        (K::Bytea, "\\x48656c6c6f"),
+        (K::TimestampTz, "2025-02-21 08:33:28.148+00"),
+        (K::array(K::String), r#"{a,"b c",NULL}"#),
+    ];
+    for (kind, text) in cases {
+        let mut out = Vec::new();
+        write_json(&mut out, kind, text);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            to_json(kind, text).to_string(),
+            "{kind:?} {text:?}"
+        );
+    }
+}
