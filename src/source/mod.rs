@@ -3,6 +3,7 @@
 //! writer it hands events to, the policy for its errors, and `setup` of what
 //! it needs in the database.
 
+pub mod align;
 pub mod capture;
 pub mod policy;
 pub mod relations;
