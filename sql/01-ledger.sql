@@ -79,3 +79,13 @@ CREATE TABLE IF NOT EXISTS "walhook".attempts (
 );
 
 CREATE INDEX IF NOT EXISTS attempts_delivery ON "walhook".attempts (delivery_id);
+
+CREATE TABLE IF NOT EXISTS "walhook".objects (
+    slug             text PRIMARY KEY,
+    relid            oid NOT NULL,
+    table_name       text NOT NULL,
+    key_attnums      int2[] NOT NULL,
+    excluded_attnums int2[] NOT NULL,
+    excluded_names   text[] NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);

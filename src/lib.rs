@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::pg::ConnectError;
+use crate::source::objects::{self, ResolveError};
 use crate::source::setup::{self, SetupError};
 
 /// Which parts a `walhook run` process runs. All three by default; several
@@ -71,6 +72,10 @@ pub enum RunError {
     NoSlot(String),
     #[error("admin HTTP: {0}")]
     Admin(String),
+    #[error(transparent)]
+    Objects(#[from] ResolveError),
+    #[error("{0}. `walhook check` shows every problem.")]
+    Publication(String),
 }
 
 /// Pre-flight checks shared by `run` (fail fast with a clear message).
@@ -90,6 +95,13 @@ pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
         .is_none()
     {
         return Err(RunError::NoSlot(cfg.source.slot.clone()));
+    }
+    let ledger = Ledger::new(&cfg.ledger.schema);
+    let mapping = objects::resolve_all(&client, &client, &ledger, cfg, false).await?;
+    let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
+    let problems = setup::publication_problems(&client, &cfg.source.publication, &relids).await?;
+    if !problems.is_empty() {
+        return Err(RunError::Publication(problems.join("; ")));
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ pub struct TableMap {
     /// Found in the catalog by the capture loop (with REPLICA IDENTITY FULL, pgoutput
     /// flags every column as key, so the flags cannot tell).
     pub key_columns: Vec<usize>,
+    /// Why the record key cannot be formed, when it cannot.
+    pub key_problem: Option<String>,
     /// Per column: how its text is turned into JSON (from type oid and Type messages).
     pub kinds: Vec<value::ValueKind>,
 }
@@ -23,35 +25,35 @@ impl TableMap {
     /// Builds the map for one table from its latest Relation message.
     ///
     /// - `slug`: the configured object slug (`lead`).
-    /// - `exclude_columns`: configured column names kept out of every body;
-    ///   names the relation does not have are ignored (config checks report them).
-    /// - `key_columns`: indices into `relation.columns` of the primary key, in
-    ///   key order (from the catalog). Empty for a table without a key: its
-    ///   events then get an empty record key.
+    /// - `excluded`: per column of `relation`, whether it is kept out of
+    ///   every body (the capture loop knows excluded columns by identity).
+    /// - `key`: indices into `relation.columns` of the record key, in key
+    ///   order; or why they are not known, which makes every change of the
+    ///   table an [`EventError::NoKey`] (never an event without its key).
     /// - `type_names`: the name a Type message gave a non-builtin type oid, if
     ///   any (user array types are named `_element`).
     pub fn new(
         relation: Relation,
         slug: String,
-        exclude_columns: &[String],
-        key_columns: Vec<usize>,
+        excluded: Vec<bool>,
+        key: Result<Vec<usize>, String>,
         type_names: &dyn Fn(u32) -> Option<String>,
     ) -> TableMap {
-        let excluded = relation
-            .columns
-            .iter()
-            .map(|c| exclude_columns.contains(&c.name))
-            .collect();
         let kinds = relation
             .columns
             .iter()
             .map(|c| value::kind_for_type(c.type_oid, type_names(c.type_oid).as_deref()))
             .collect();
+        let (key_columns, key_problem) = match key {
+            Ok(columns) => (columns, None),
+            Err(reason) => (Vec::new(), Some(reason)),
+        };
         TableMap {
             relation,
             slug,
             excluded,
             key_columns,
+            key_problem,
             kinds,
         }
     }
@@ -149,6 +151,12 @@ impl TableMap {
         &self,
         datum: impl Fn(usize) -> Option<&'t Datum>,
     ) -> Result<String, EventError> {
+        if let Some(reason) = &self.key_problem {
+            return Err(EventError::NoKey {
+                table: self.table_name(),
+                reason: reason.clone(),
+            });
+        }
         let mut parts = Vec::with_capacity(self.key_columns.len());
         for &i in &self.key_columns {
             match datum(i) {

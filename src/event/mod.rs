@@ -79,6 +79,8 @@ pub enum EventError {
     },
     #[error("table {table}: primary key column {column} is NULL or missing")]
     MissingKey { table: String, column: String },
+    #[error("table {table}: the record key cannot be formed: {reason}")]
+    NoKey { table: String, reason: String },
     #[error("table {table}: binary tuple data is not supported")]
     Binary { table: String },
 }

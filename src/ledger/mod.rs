@@ -8,6 +8,7 @@
 //! same WAL inserts nothing twice.
 
 pub mod notify;
+pub mod objects;
 pub mod queue;
 pub mod schema;
 
@@ -26,6 +27,10 @@ pub enum LedgerError {
     Connect(#[from] ConnectError),
     #[error("the ledger schema {schema} does not exist: run `walhook setup` first")]
     NotSetUp { schema: String },
+    #[error(
+        "the ledger schema {schema} was made by an older walhook: run `walhook setup` to bring it up to date (it only adds what is missing)"
+    )]
+    Outdated { schema: String },
     #[error("ledger query failed: {0}")]
     Db(#[from] DbError),
 }
@@ -42,7 +47,7 @@ impl LedgerError {
         match self {
             LedgerError::Db(e) => e.sqlstate(),
             LedgerError::Connect(e) => e.sqlstate(),
-            LedgerError::NotSetUp { .. } => None,
+            LedgerError::NotSetUp { .. } | LedgerError::Outdated { .. } => None,
         }
     }
 }
@@ -118,16 +123,19 @@ impl Ledger {
     pub async fn ensure_exists(&self, client: &Client) -> Result<(), LedgerError> {
         let row = client
             .query_one(
-                "SELECT to_regclass(format('%I.events', $1::text)) IS NOT NULL",
-                &[&self.schema],
+                "SELECT to_regclass(format('%I.events', $1::text)) IS NOT NULL,
+                        to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+                &[&self.schema, &schema::NEWEST_TABLE],
             )
             .await?;
-        if row.get::<_, bool>(0) {
-            Ok(())
-        } else {
-            Err(LedgerError::NotSetUp {
+        match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+            (true, true) => Ok(()),
+            (true, false) => Err(LedgerError::Outdated {
                 schema: self.schema.clone(),
-            })
+            }),
+            _ => Err(LedgerError::NotSetUp {
+                schema: self.schema.clone(),
+            }),
         }
     }
 

@@ -2,6 +2,10 @@
 //! `walhook setup` can run it on every start-up of a new version; the same
 //! text, for the default schema, is in `sql/01-ledger.sql` for a DBA.
 
+/// The table `walhook setup` creates last: when it exists, the schema is
+/// up to date with this version.
+pub const NEWEST_TABLE: &str = "objects";
+
 use crate::pg::quote_ident;
 
 /// The ledger's statements, `{schema}` standing for the quoted schema.
@@ -81,6 +85,18 @@ const DDL: &[&str] = &[
     request_headers  jsonb NOT NULL
 )"#,
     r#"CREATE INDEX IF NOT EXISTS attempts_delivery ON {schema}.attempts (delivery_id)"#,
+    // The identity of each mapped table (relation oid, key and excluded
+    // attribute numbers), so a rename never unmaps a table or un-excludes a
+    // column, even across restarts.
+    r#"CREATE TABLE IF NOT EXISTS {schema}.objects (
+    slug             text PRIMARY KEY,
+    relid            oid NOT NULL,
+    table_name       text NOT NULL,
+    key_attnums      int2[] NOT NULL,
+    excluded_attnums int2[] NOT NULL,
+    excluded_names   text[] NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+)"#,
 ];
 
 /// The DDL for a ledger in `schema`.

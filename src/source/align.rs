@@ -161,7 +161,11 @@ mod tests {
 
     #[test]
     fn a_column_dropped_since_is_in_the_message() {
-        let a = attrs(&[("id", false), ("........pg.dropped.2........", true), ("note", false)]);
+        let a = attrs(&[
+            ("id", false),
+            ("........pg.dropped.2........", true),
+            ("note", false),
+        ]);
         let al = align(&["id", "old", "note"], &a).unwrap();
         assert_eq!(al.candidates, vec![vec![1], vec![2], vec![3]]);
     }
@@ -169,7 +173,11 @@ mod tests {
     #[test]
     fn ambiguity_around_dropped_columns_is_reported_not_guessed() {
         // [id, X]: X is either the dropped 2 (before 3 was added) or 3.
-        let a = attrs(&[("id", false), ("........pg.dropped.2........", true), ("note", false)]);
+        let a = attrs(&[
+            ("id", false),
+            ("........pg.dropped.2........", true),
+            ("note", false),
+        ]);
         let al = align(&["id", "renamed"], &a).unwrap();
         assert_eq!(al.candidates, vec![vec![1], vec![2, 3]]);
         assert!(al.may_be_any(1, &[3]));

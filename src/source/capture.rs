@@ -11,8 +11,10 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent}
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::objects::{self, ResolveError};
 use super::policy::{self, Backoff, Policy};
 use super::relations::{RelState, Relations};
+use super::setup;
 use super::writer::{Batch, Writer};
 use crate::config::Config;
 use crate::event::{ChangeContext, EventError, map_change};
@@ -39,6 +41,10 @@ const STREAM_BUFFER: usize = 1024;
 /// How long complete transactions may wait to be batched with later ones.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
+/// How often a running session checks that the publication still covers
+/// the mapped tables as walhook needs (someone may ALTER it by hand).
+const PUBLICATION_RECHECK: Duration = Duration::from_secs(30);
+
 /// A session that streamed this long was healthy: the next outage starts
 /// again at the first reconnect delay.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
@@ -58,6 +64,10 @@ pub enum CaptureError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Event(#[from] EventError),
+    #[error(transparent)]
+    Objects(#[from] ResolveError),
+    #[error("capture stopped: {0}")]
+    Publication(String),
     #[error("change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
     #[error("replication stream ended")]
@@ -80,6 +90,8 @@ impl CaptureError {
             CaptureError::Ledger(e) => e.sqlstate(),
             CaptureError::Connect(e) => e.sqlstate(),
             CaptureError::Catalog(e) => e.sqlstate(),
+            CaptureError::Objects(ResolveError::Catalog(e)) => e.sqlstate(),
+            CaptureError::Objects(ResolveError::Ledger(e)) => e.sqlstate(),
             _ => None,
         }
     }
@@ -131,6 +143,18 @@ pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: Cancellation
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.after(policy)) => {}
         }
+    }
+}
+
+/// Fails when the publication would lose or change events of `relids`.
+async fn check_publication(db: &Client, cfg: &Config, relids: &[u32]) -> Result<(), CaptureError> {
+    let problems = setup::publication_problems(db, &cfg.source.publication, relids)
+        .await
+        .map_err(|e| CaptureError::Publication(e.to_string()))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Publication(problems.join("; ")))
     }
 }
 
@@ -189,6 +213,8 @@ struct Session<'a> {
     txn: Option<OpenTxn>,
     pending: Pending,
     acked: Progress,
+    /// The mapped tables' relation oids.
+    relids: Vec<u32>,
 }
 
 impl<'a> Session<'a> {
@@ -201,6 +227,12 @@ impl<'a> Session<'a> {
         let db = pg::connect(&cfg.source.url, "walhook capture", login).await?;
         let writer_db = pg::connect(&cfg.source.url, "walhook capture writer", login).await?;
         let ledger = Ledger::new(&cfg.ledger.schema);
+        let mapping = objects::resolve_all(&db, &db, &ledger, cfg, true).await?;
+        for notice in &mapping.notices {
+            tracing::warn!("{notice}");
+        }
+        let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
+        check_publication(&db, cfg, &relids).await?;
         let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
         client.wait_started().await?;
         tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
@@ -217,10 +249,11 @@ impl<'a> Session<'a> {
             ledger,
             db,
             writer,
-            relations: Relations::default(),
+            relations: Relations::new(mapping.objects),
             txn: None,
             pending: Pending::default(),
             acked: Progress::default(),
+            relids,
         };
         let mut result = s.stream(&mut client, shutdown).await;
         if result.is_ok() {
@@ -241,12 +274,18 @@ impl<'a> Session<'a> {
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
         let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut recheck = tokio::time::interval(PUBLICATION_RECHECK);
+        recheck.tick().await;
         loop {
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     self.flush().await?;
                     return Ok(());
+                }
+                _ = recheck.tick() => {
+                    check_publication(&self.db, self.cfg, &self.relids).await?;
+                    continue;
                 }
                 written = self.writer.committed() => {
                     self.ack(client, written?.lsn);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::capture::CaptureError;
+use super::objects::ResolveError;
 
 /// The error policy for one failed capture session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,17 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// The policy for `e`.
 pub fn policy(e: &CaptureError) -> Policy {
+    match e {
+        // The message says what to do (fix the config, restore a key...).
+        CaptureError::Objects(ResolveError::Object(_))
+        | CaptureError::Event(_)
+        | CaptureError::Publication(_) => {
+            return Policy::Operator {
+                hint: "walhook cannot map a change without losing or leaking data; it retries until this is fixed",
+            };
+        }
+        _ => {}
+    }
     match e.sqlstate() {
         // object_in_use: "replication slot ... is active for PID ..."
         Some("55006") => Policy::StandBy,

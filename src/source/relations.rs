@@ -2,12 +2,19 @@
 //! stream has described, whether it is mapped and, if so, how its changes
 //! become events. Rebuilt from each Relation message (first use, or after
 //! DDL), so schema changes apply to the changes that follow them.
+//!
+//! Tables are mapped by identity (relation oid, resolved at session start by
+//! [`super::objects`]), so a renamed table keeps its slug; excluded and key
+//! columns are found by attribute number through [`super::align`], so a
+//! renamed excluded column stays excluded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, ObjectConfig};
+use super::align::{self, Alignment};
+use super::objects::{self, Resolved, TableInfo};
+use crate::config::Config;
 use crate::event::TableMap;
 use crate::pgoutput::{Relation, TypeInfo};
 
@@ -19,15 +26,28 @@ pub enum RelState {
 
 /// Relation id -> state, plus the type names and domain bases needed to map
 /// column values.
-#[derive(Default)]
 pub struct Relations {
+    objects: Vec<Resolved>,
     relations: HashMap<u32, RelState>,
     type_names: HashMap<u32, String>,
     /// Domain oid -> base type oid (0: not a domain).
     domain_base: HashMap<u32, u32>,
+    /// Relations already reported as renamed (reported once per session).
+    renamed_reported: BTreeSet<u32>,
 }
 
 impl Relations {
+    /// A cache for the resolved `objects`.
+    pub fn new(objects: Vec<Resolved>) -> Relations {
+        Relations {
+            objects,
+            relations: HashMap::new(),
+            type_names: HashMap::new(),
+            domain_base: HashMap::new(),
+            renamed_reported: BTreeSet::new(),
+        }
+    }
+
     /// The state of `id`, if a Relation message described it.
     pub fn get(&self, id: u32) -> Option<&RelState> {
         self.relations.get(&id)
@@ -54,25 +74,68 @@ impl Relations {
         rel: Relation,
     ) -> Result<(), tokio_postgres::Error> {
         let id = rel.id;
-        let Some(object) = object_for(cfg, &rel) else {
+        let Some(index) = self.object_index(db, cfg, &rel).await? else {
             // Changes of tables we do not map still count for change
             // indexes, but we keep no state for them.
             self.relations.insert(id, RelState::Unmapped);
             return Ok(());
         };
-        let key_columns = primary_key_columns(db, &rel).await?;
+        let table = objects::table_by_oid(db, id).await?;
+        let object = &mut self.objects[index];
+        let current = format!("{}.{}", rel.namespace, rel.name);
+        if current != object.configured && self.renamed_reported.insert(id) {
+            tracing::warn!(
+                object = %object.slug, configured = %object.configured, now = %current,
+                "a mapped table was renamed; walhook follows it by its identity. Update `table` in its [[objects]] entry"
+            );
+        }
+        let (excluded, key) = columns(object, &rel, table.as_ref());
         let mut rel = rel;
         self.resolve_domains(db, &mut rel).await?;
         let type_names = &self.type_names;
-        let map = TableMap::new(
-            rel,
-            object.slug.clone(),
-            &object.exclude_columns,
-            key_columns,
-            &|oid| type_names.get(&oid).cloned(),
-        );
+        let slug = self.objects[index].slug.clone();
+        let map = TableMap::new(rel, slug, excluded, key, &|oid| {
+            type_names.get(&oid).cloned()
+        });
         self.relations.insert(id, RelState::Mapped(Box::new(map)));
         Ok(())
+    }
+
+    /// The object a Relation message is: by relation oid, or, for a table
+    /// created anew under the configured name, by name.
+    async fn object_index(
+        &mut self,
+        db: &Client,
+        cfg: &Config,
+        rel: &Relation,
+    ) -> Result<Option<usize>, tokio_postgres::Error> {
+        if let Some(i) = self.objects.iter().position(|o| o.relid == rel.id) {
+            return Ok(Some(i));
+        }
+        let Some(object) = cfg
+            .objects
+            .iter()
+            .find(|o| o.schema == rel.namespace && o.table == rel.name)
+        else {
+            return Ok(None);
+        };
+        let Some(i) = self.objects.iter().position(|o| o.slug == object.slug) else {
+            return Ok(None);
+        };
+        let table = objects::table_by_oid(db, rel.id).await?;
+        match objects::resolve(object, table.as_ref(), None, None) {
+            Ok((resolved, _)) => {
+                tracing::warn!(object = %object.slug, relid = rel.id,
+                    "the configured table is a new table (dropped and created again?); mapping it");
+                self.objects[i] = resolved;
+                Ok(Some(i))
+            }
+            Err(e) => {
+                tracing::error!(object = %object.slug, error = %e,
+                    "a table with the configured name appeared but cannot be mapped; its changes are not delivered");
+                Ok(None)
+            }
+        }
     }
 
     /// pgoutput sends a domain column with the domain's oid: map it as its
@@ -110,6 +173,87 @@ impl Relations {
     }
 }
 
+/// Which columns of `rel` are excluded, and where its record key is. A
+/// column is excluded when its name is one an excluded column has had, or
+/// when it may be an excluded column by position (fail closed). The key is
+/// today's primary key when there is one, else the remembered key columns.
+fn columns(
+    object: &mut Resolved,
+    rel: &Relation,
+    table: Option<&TableInfo>,
+) -> (Vec<bool>, Result<Vec<usize>, String>) {
+    let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+    let alignment = table.and_then(|t| align::align(&names, &t.attrs));
+    if let Some(t) = table {
+        // Today's names of excluded columns are names they are known by.
+        for a in t
+            .attrs
+            .iter()
+            .filter(|a| object.excluded_attnums.contains(&a.attnum))
+        {
+            if !a.dropped {
+                object.excluded_names.insert(a.name.clone());
+            }
+        }
+        if !t.primary_key.is_empty() {
+            object.key_attnums = t.primary_key.clone();
+        }
+    }
+    let excluded: Vec<bool> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            object.excluded_names.contains(*name)
+                || alignment
+                    .as_ref()
+                    .is_some_and(|a| a.may_be_any(i, &object.excluded_attnums))
+        })
+        .collect();
+    let key = key_positions(object, &names, alignment.as_ref(), table).and_then(|key| {
+        match key.iter().find(|&&i| excluded[i]) {
+            Some(&i) => Err(format!(
+                "key column {} may be an excluded column (ambiguous after DDL)",
+                names[i]
+            )),
+            None => Ok(key),
+        }
+    });
+    (excluded, key)
+}
+
+/// Positions of the key attributes in the message: by alignment, else by
+/// today's name.
+fn key_positions(
+    object: &Resolved,
+    names: &[&str],
+    alignment: Option<&Alignment>,
+    table: Option<&TableInfo>,
+) -> Result<Vec<usize>, String> {
+    object
+        .key_attnums
+        .iter()
+        .map(|&attnum| {
+            alignment
+                .and_then(|a| a.position_of(attnum))
+                .or_else(|| {
+                    let name = table?
+                        .attrs
+                        .iter()
+                        .find(|a| a.attnum == attnum && !a.dropped)?
+                        .name
+                        .as_str();
+                    names.iter().position(|n| *n == name)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "key column (attribute {attnum}) is not in the table's changes (dropped?). Restore it, or remove object {} from the config and restart",
+                        object.slug
+                    )
+                })
+        })
+        .collect()
+}
+
 /// The base type of a domain, 0 when `oid` is not a domain.
 async fn domain_base(db: &Client, oid: u32) -> Result<u32, tokio_postgres::Error> {
     let row = db
@@ -119,48 +263,4 @@ async fn domain_base(db: &Client, oid: u32) -> Result<u32, tokio_postgres::Error
         )
         .await?;
     Ok(row.map(|r| r.get(0)).unwrap_or(0))
-}
-
-fn object_for<'c>(cfg: &'c Config, rel: &Relation) -> Option<&'c ObjectConfig> {
-    cfg.objects
-        .iter()
-        .find(|o| o.schema == rel.namespace && o.table == rel.name)
-}
-
-/// Primary-key columns as indexes into the relation's columns. With
-/// REPLICA IDENTITY FULL pgoutput flags every column as key, so the
-/// catalog is asked instead; the flags are the fallback.
-async fn primary_key_columns(
-    db: &Client,
-    rel: &Relation,
-) -> Result<Vec<usize>, tokio_postgres::Error> {
-    let row = db
-        .query_one(
-            "SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}')
-             FROM pg_index i
-             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-             WHERE i.indrelid = $1 AND i.indisprimary",
-            &[&rel.id],
-        )
-        .await?;
-    let names: Vec<String> = row.get(0);
-    let by_name: Vec<usize> = names
-        .iter()
-        .filter_map(|n| rel.columns.iter().position(|c| &c.name == n))
-        .collect();
-    if !by_name.is_empty() && by_name.len() == names.len() {
-        return Ok(by_name);
-    }
-    tracing::warn!(
-        table = %format!("{}.{}", rel.namespace, rel.name),
-        "no primary key found; using the replica identity columns as the record key"
-    );
-    Ok(rel
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.flags & 1 == 1)
-        .map(|(i, _)| i)
-        .collect())
 }

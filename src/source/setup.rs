@@ -6,6 +6,7 @@
 
 use tokio_postgres::Client;
 
+use super::objects::{self, ResolveError};
 use crate::config::{Config, ObjectConfig, ReplicaIdentity};
 use crate::ledger;
 use crate::pg::{DbError, quote_ident};
@@ -49,6 +50,8 @@ pub enum SetupError {
     SlotInUse { slot: String },
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Objects(#[from] ResolveError),
 }
 
 pub(super) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
@@ -178,6 +181,77 @@ pub async fn publication_tables(
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
+/// What is wrong with the publication for capturing the mapped tables
+/// `relids`, each problem one sentence (empty: nothing). Tables that the
+/// publication does not cover, a row filter or column list walhook did not
+/// ask for, and operations it does not publish would all lose or change
+/// events silently.
+pub async fn publication_problems(
+    client: &Client,
+    publication: &str,
+    relids: &[u32],
+) -> Result<Vec<String>, SetupError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(db_err("look up the publication"))?
+    else {
+        return Ok(vec![format!(
+            "the publication {publication} does not exist: run `walhook setup`"
+        )]);
+    };
+    let mut problems = Vec::new();
+    for (i, op) in ["INSERT", "UPDATE", "DELETE"].iter().enumerate() {
+        if !row.get::<_, bool>(i) {
+            problems.push(format!(
+                "the publication {publication} does not publish {op}s, so those changes never reach walhook: run `walhook setup` (or ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate'))",
+                quote_ident(publication)
+            ));
+        }
+    }
+    // Row filters and column lists exist from PostgreSQL 15 on; to_jsonb
+    // reads them where they exist without failing on older servers.
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname || '.' || c.relname,
+                    t.relid IS NOT NULL,
+                    coalesce(to_jsonb(pr) ->> 'prqual', '') <> '',
+                    coalesce(to_jsonb(pr) ->> 'prattrs', '') <> ''
+             FROM unnest($2::oid[]) AS m(relid)
+             JOIN pg_class c ON c.oid = m.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN (SELECT (quote_ident(schemaname) || '.' || quote_ident(tablename))::regclass::oid AS relid
+                        FROM pg_publication_tables WHERE pubname = $1) t ON t.relid = c.oid
+             LEFT JOIN (pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid AND p.pubname = $1)
+                    ON pr.prrelid = c.oid",
+            &[&publication, &relids],
+        )
+        .await
+        .map_err(db_err("look up the publication's tables"))?;
+    for r in rows {
+        let table: String = r.get(1);
+        if !r.get::<_, bool>(2) {
+            problems.push(format!(
+                "mapped table {table} is not in the publication {publication}, so none of its changes would be captured: run `walhook setup`"
+            ));
+        }
+        if r.get::<_, bool>(3) {
+            problems.push(format!(
+                "the publication {publication} has a row filter on {table} that walhook did not ask for (updates would turn into creates and deletes): run `walhook setup` to remove it"
+            ));
+        }
+        if r.get::<_, bool>(4) {
+            problems.push(format!(
+                "the publication {publication} has a column list on {table} that walhook did not ask for (events would lack columns): run `walhook setup` to remove it"
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 /// The mapped tables as (schema, table), sorted.
 pub fn mapped_tables(cfg: &Config) -> Vec<(String, String)> {
     let mut v: Vec<_> = cfg
@@ -217,13 +291,19 @@ pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError>
     check_tables(client, cfg).await?;
     let mut steps = vec![
         Step::found("wal_level is logical"),
-        Step::found(format!(
-            "{} mapped table(s) exist and have primary keys",
-            cfg.objects.len()
-        )),
         ledger_schema(client, &cfg.ledger.schema).await?,
-        publication(client, cfg).await?,
     ];
+    let ledger = ledger::Ledger::new(&cfg.ledger.schema);
+    let mapping = objects::resolve_all(client, client, &ledger, cfg, true).await?;
+    steps.push(Step::found(format!(
+        "{} mapped table(s) exist and have primary keys",
+        cfg.objects.len()
+    )));
+    for notice in mapping.notices {
+        steps.push(Step::found(format!("note: {notice}")));
+    }
+    let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
+    steps.push(publication(client, cfg, &relids).await?);
     if cfg.source.replica_identity == ReplicaIdentity::Full {
         for o in &cfg.objects {
             steps.push(replica_identity_full(client, o).await?);
@@ -272,31 +352,34 @@ async fn ledger_schema(client: &Client, schema: &str) -> Result<Step, SetupError
     })
 }
 
-async fn publication(client: &Client, cfg: &Config) -> Result<Step, SetupError> {
+async fn publication(client: &Client, cfg: &Config, relids: &[u32]) -> Result<Step, SetupError> {
     let publication = &cfg.source.publication;
-    let (verb, action, done) = match publication_tables(client, publication).await? {
-        None => ("CREATE", "create the publication", "created"),
-        Some(have) if have == mapped_tables(cfg) => {
-            return Ok(Step::found(format!(
-                "publication {publication} covers exactly the mapped tables"
-            )));
-        }
-        Some(_) => (
-            "ALTER",
-            "change the publication's tables",
-            "set to the mapped tables",
-        ),
+    let name = quote_ident(publication);
+    let tables = tables_sql(cfg);
+    let Some(have) = publication_tables(client, publication).await? else {
+        client
+            .batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE {tables}"))
+            .await
+            .map_err(db_err("create the publication"))?;
+        return Ok(Step::made(format!("publication {publication} created")));
     };
-    let set = if verb == "CREATE" { "FOR" } else { "SET" };
+    let problems = publication_problems(client, publication, relids).await?;
+    if have == mapped_tables(cfg) && problems.is_empty() {
+        return Ok(Step::found(format!(
+            "publication {publication} covers exactly the mapped tables"
+        )));
+    }
+    // SET TABLE also drops row filters and column lists.
     client
         .batch_execute(&format!(
-            "{verb} PUBLICATION {} {set} TABLE {}",
-            quote_ident(publication),
-            tables_sql(cfg)
+            "ALTER PUBLICATION {name} SET TABLE {tables};
+             ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')"
         ))
         .await
-        .map_err(db_err(action))?;
-    Ok(Step::made(format!("publication {publication} {done}")))
+        .map_err(db_err("change the publication's tables"))?;
+    Ok(Step::made(format!(
+        "publication {publication} set to the mapped tables, every operation, no filters"
+    )))
 }
 
 async fn replica_identity_full(client: &Client, o: &ObjectConfig) -> Result<Step, SetupError> {
