@@ -10,7 +10,8 @@ use tokio_postgres::Client;
 use crate::config::{Config, ReplicaIdentity};
 use crate::source::setup::{self, SetupError};
 
-use super::report::{Reports, human_lag};
+use super::render::human_lag;
+use super::reports::{Reports, url_origin};
 
 /// How long one endpoint host name may take to resolve.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -435,10 +436,7 @@ async fn endpoint_check(id: &str, url: &url::Url) -> Check {
         None => Check::fail(&name, "the URL has no host", "fix the endpoint's url"),
         Some(url::Host::Ipv4(_)) | Some(url::Host::Ipv6(_)) => Check::ok(
             &name,
-            format!(
-                "{} is an IP address (not contacted)",
-                super::report::url_origin(url)
-            ),
+            format!("{} is an IP address (not contacted)", url_origin(url)),
         ),
         Some(url::Host::Domain(host)) => {
             match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {
