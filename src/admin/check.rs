@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, ReplicaIdentity};
+use crate::ledger::{self, Ledger};
 use crate::source::setup::{self, SetupError};
 
 use super::render::human_lag;
@@ -15,16 +16,6 @@ use super::reports::{Reports, url_origin};
 
 /// How long one endpoint host name may take to resolve.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Ledger tables `walhook setup` creates.
-const LEDGER_TABLES: [&str; 6] = [
-    "events",
-    "deliveries",
-    "attempts",
-    "endpoints",
-    "progress",
-    "counters",
-];
 
 /// The verdict of one check. `Warn` does not fail `walhook check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -332,16 +323,8 @@ async fn replica_identity(client: &Client, cfg: &Config, checks: &mut Vec<Check>
 
 async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> bool {
     let schema = &cfg.ledger.schema;
-    let tables: Vec<&str> = LEDGER_TABLES.to_vec();
-    let row = client
-        .query_one(
-            "SELECT array_agg(t) FILTER (WHERE to_regclass(format('%I.%I', $1::text, t)) IS NULL)
-             FROM unnest($2::text[]) AS t",
-            &[schema, &tables],
-        )
-        .await;
-    let missing: Vec<String> = match row {
-        Ok(r) => r.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
+    let missing = match Ledger::new(schema).missing_tables(client).await {
+        Ok(m) => m,
         Err(e) => {
             checks.push(db_fail("ledger", e));
             return false;
@@ -350,7 +333,7 @@ async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -
     if missing.is_empty() {
         checks.push(Check::ok("ledger", format!("schema {schema} is set up")));
         true
-    } else if missing.len() == LEDGER_TABLES.len() {
+    } else if missing.len() == ledger::schema::TABLES.len() {
         checks.push(Check::fail(
             "ledger",
             format!("schema {schema} is not set up"),

@@ -225,7 +225,7 @@ pub fn event_match(s: &str) -> EventMatch {
 }
 
 /// RFC 3339 in UTC with milliseconds (`2025-02-21T08:33:28.148Z`).
-pub fn rfc3339(t: SystemTime) -> String {
+fn rfc3339(t: SystemTime) -> String {
     let ms = unix_ms(t);
     let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
