@@ -2,10 +2,10 @@
 //! a JSON API mirroring the CLI under `/api`, and the delivery history page
 //! at `/`.
 //!
-//! - [`auth`]: the bearer token and the same-origin and host guards.
-//! - [`handlers`]: one function per route.
-//! - [`metrics`]: the Prometheus text exposition.
-//! - [`server`]: binding and serving with graceful shutdown.
+//! - `auth`: the bearer token and the same-origin and host guards.
+//! - `handlers`: one function per route.
+//! - `metrics`: the Prometheus text exposition.
+//! - `server`: binding and serving with graceful shutdown.
 //!
 //! Promises:
 //! - When `admin.token` is configured, every route but `/healthz` and
