@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use walhook::admin::{check, render, report};
+use walhook::admin::{check, ping, render, reports};
 use walhook::config::{Config, Secret};
 use walhook::source::setup;
 
@@ -136,7 +136,7 @@ enum DeliveriesCommand {
         #[arg(long)]
         since: Option<String>,
         /// At most this many (1 to 1000).
-        #[arg(long, default_value_t = report::DEFAULT_LIMIT)]
+        #[arg(long, default_value_t = reports::DEFAULT_LIMIT)]
         limit: i64,
         /// JSON on stdout.
         #[arg(long)]
@@ -344,7 +344,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => {
             let cfg = load_config(&cli.config)?;
             let client = admin_connect(&cfg).await?;
-            let status = report::Reports::new(&cfg).status(&client).await?;
+            let status = reports::Reports::new(&cfg).status(&client).await?;
             print_out(json, &status, render::status)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -401,7 +401,7 @@ async fn admin_connect(cfg: &Config) -> Result<tokio_postgres::Client> {
 }
 
 async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
-    let reports = report::Reports::new(cfg);
+    let reports = reports::Reports::new(cfg);
     match command {
         DeliveriesCommand::List {
             status,
@@ -411,13 +411,13 @@ async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<
             limit,
             json,
         } => {
-            let filter = report::DeliveryFilter {
+            let filter = reports::DeliveryFilter {
                 status: status.as_deref().map(str::parse).transpose()?,
                 event,
                 endpoint,
                 since: since
                     .as_deref()
-                    .map(|s| report::parse_since(s, std::time::SystemTime::now()))
+                    .map(|s| reports::parse_since(s, std::time::SystemTime::now()))
                     .transpose()?,
                 before: None,
                 limit: Some(limit),
@@ -471,7 +471,7 @@ async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<
 }
 
 async fn endpoints_command(cfg: &Config, command: EndpointsCommand) -> Result<ExitCode> {
-    let reports = report::Reports::new(cfg);
+    let reports = reports::Reports::new(cfg);
     match command {
         EndpointsCommand::List { json } => {
             let client = admin_connect(cfg).await?;
@@ -491,7 +491,7 @@ async fn endpoints_command(cfg: &Config, command: EndpointsCommand) -> Result<Ex
             print_out(json, &out, toggled)?;
         }
         EndpointsCommand::Ping { id, json } => {
-            let out = report::ping(cfg, &id).await?;
+            let out = ping::ping(cfg, &id).await?;
             print_out(json, &out, render::ping)?;
             if !out.ok {
                 bail!(
@@ -506,7 +506,7 @@ async fn endpoints_command(cfg: &Config, command: EndpointsCommand) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn toggled(t: &report::EndpointToggle) -> String {
+fn toggled(t: &reports::EndpointToggle) -> String {
     let state = if t.enabled { "enabled" } else { "disabled" };
     if t.changed {
         format!("endpoint {} {state}\n", t.endpoint)

@@ -8,22 +8,14 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, ReplicaIdentity};
+use crate::ledger::{self, Ledger};
 use crate::source::setup::{self, SetupError};
 
-use super::report::{Reports, human_lag};
+use super::render::human_lag;
+use super::reports::{Reports, url_origin};
 
 /// How long one endpoint host name may take to resolve.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Ledger tables `walhook setup` creates.
-const LEDGER_TABLES: [&str; 6] = [
-    "events",
-    "deliveries",
-    "attempts",
-    "endpoints",
-    "progress",
-    "counters",
-];
 
 /// The verdict of one check. `Warn` does not fail `walhook check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -331,16 +323,8 @@ async fn replica_identity(client: &Client, cfg: &Config, checks: &mut Vec<Check>
 
 async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> bool {
     let schema = &cfg.ledger.schema;
-    let tables: Vec<&str> = LEDGER_TABLES.to_vec();
-    let row = client
-        .query_one(
-            "SELECT array_agg(t) FILTER (WHERE to_regclass(format('%I.%I', $1::text, t)) IS NULL)
-             FROM unnest($2::text[]) AS t",
-            &[schema, &tables],
-        )
-        .await;
-    let missing: Vec<String> = match row {
-        Ok(r) => r.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
+    let missing = match Ledger::new(schema).missing_tables(client).await {
+        Ok(m) => m,
         Err(e) => {
             checks.push(db_fail("ledger", e));
             return false;
@@ -349,7 +333,7 @@ async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -
     if missing.is_empty() {
         checks.push(Check::ok("ledger", format!("schema {schema} is set up")));
         true
-    } else if missing.len() == LEDGER_TABLES.len() {
+    } else if missing.len() == ledger::schema::TABLES.len() {
         checks.push(Check::fail(
             "ledger",
             format!("schema {schema} is not set up"),
@@ -435,10 +419,7 @@ async fn endpoint_check(id: &str, url: &url::Url) -> Check {
         None => Check::fail(&name, "the URL has no host", "fix the endpoint's url"),
         Some(url::Host::Ipv4(_)) | Some(url::Host::Ipv6(_)) => Check::ok(
             &name,
-            format!(
-                "{} is an IP address (not contacted)",
-                super::report::url_origin(url)
-            ),
+            format!("{} is an IP address (not contacted)", url_origin(url)),
         ),
         Some(url::Host::Domain(host)) => {
             match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {

@@ -1,8 +1,10 @@
 //! The operator surface: what `walhook status|deliveries|endpoints|check`
 //! print and what the admin HTTP API serves.
 //!
-//! - [`report`]: typed, serialisable queries and actions over the ledger,
-//!   shared by the CLI and the HTTP API (one source of truth for both).
+//! - [`reports`]: the serialisable results and thin calls into the ledger's
+//!   history and queue, shared by the CLI and the HTTP API (one source of
+//!   truth for both).
+//! - [`ping`]: `walhook endpoints ping`, a signed ping straight to an endpoint.
 //! - [`check`]: the `walhook check` doctor.
 //! - [`render`]: the human tables the CLI prints when `--json` is not given.
 //! - [`api`]: the axum router (`/healthz`, `/readyz`, `/metrics`, `/api/...`,
@@ -14,7 +16,8 @@
 
 pub mod api;
 pub mod check;
+pub mod ping;
 pub mod render;
-pub mod report;
+pub mod reports;
 
-pub use report::AdminError;
+pub use reports::AdminError;

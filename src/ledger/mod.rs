@@ -2,11 +2,17 @@
 //! they fan out to, every attempt, and the replication progress live here; the
 //! deliveries table is also the dispatch queue.
 //!
+//! - [`queue`]: claiming, recording and re-queueing deliveries, with every
+//!   guard (lease, state) inside the SQL statement that writes.
+//! - [`history`]: what operators read (status, deliveries, attempts).
+//! - [`schema`]: the DDL; [`notify`]: waking dispatchers.
+//!
 //! Promise: `append` writes a batch of events, their deliveries and (at a
 //! transaction boundary) the new replication position in ONE database
 //! transaction. Events are keyed by their deterministic id, so replaying the
 //! same WAL inserts nothing twice.
 
+pub mod history;
 pub mod notify;
 pub mod objects;
 pub mod queue;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_postgres::Client;
 
+use super::history::DeliveryState;
 use super::{Ledger, LedgerError};
 use crate::pg::{system_time_from_unix_ms, unix_ms};
 
@@ -41,6 +42,18 @@ pub enum NextState {
     Succeeded,
     RetryAt(i64),
     Disabled,
+}
+
+/// What a manual retry of one delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Queued again; it was in this state before.
+    Queued(DeliveryState),
+    NotFound,
+    /// Delivered already; it is never sent again.
+    Succeeded,
+    /// A dispatcher holds its lease: an attempt is under way.
+    InFlight,
 }
 
 /// One finished attempt, to be recorded.
@@ -213,30 +226,54 @@ impl Ledger {
         Ok(())
     }
 
-    /// Put one delivery back in the queue, starting a fresh retry cycle now.
-    /// Returns false when no such delivery exists.
-    pub async fn retry_delivery(&self, client: &Client, id: i64) -> Result<bool, LedgerError> {
+    /// Put one delivery back in the queue, starting a fresh retry cycle now,
+    /// unless it succeeded or a dispatcher holds its lease. The guard is in
+    /// the UPDATE itself, so a claim or a result landing at the same moment
+    /// is either seen (and the retry refused) or comes after it; a live lease
+    /// is never cleared.
+    pub async fn retry_delivery(&self, client: &Client, id: i64) -> Result<Requeue, LedgerError> {
         let s = self.q();
-        let n = client
-            .execute(
+        // The CTE locks the row and reads its latest version, so `prev.status`
+        // is the state the update replaced.
+        let row = client
+            .query_opt(
                 &format!(
-                    "UPDATE {s}.deliveries
-                        SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'retrying' END,
+                    "WITH prev AS (SELECT id, status FROM {s}.deliveries WHERE id = $1 FOR UPDATE)
+                     UPDATE {s}.deliveries d
+                        SET status = CASE WHEN d.attempts = 0 THEN 'pending' ELSE 'retrying' END,
                             next_attempt_at = now(), cycle_started_at = now(), cycle_attempts = 0,
                             lease_owner = NULL, lease_until = NULL, updated_at = now()
-                      WHERE id = $1"
+                       FROM prev
+                      WHERE d.id = prev.id AND d.status <> 'succeeded'
+                        AND (d.lease_until IS NULL OR d.lease_until < now())
+                     RETURNING prev.status"
                 ),
                 &[&id],
             )
             .await?;
-        if n > 0 {
+        if let Some(row) = row {
             self.notify(client).await?;
+            let previous = DeliveryState::of_column(row.get(0));
+            return Ok(Requeue::Queued(previous));
         }
-        Ok(n > 0)
+        // Nothing changed: one read to say why.
+        let row = client
+            .query_opt(
+                &format!("SELECT status = 'succeeded' FROM {s}.deliveries WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(match row {
+            None => Requeue::NotFound,
+            Some(r) if r.get::<_, bool>(0) => Requeue::Succeeded,
+            // Leased at the time of the update (it may have finished since).
+            Some(_) => Requeue::InFlight,
+        })
     }
 
     /// Re-queue every `retrying` and `disabled` delivery (of one endpoint, if
-    /// given) with a fresh cycle. Returns how many.
+    /// given) with a fresh cycle, except those a dispatcher holds a lease on
+    /// right now. Returns how many.
     pub async fn retry_all_failed(
         &self,
         client: &Client,
@@ -250,6 +287,7 @@ impl Ledger {
                         SET status = 'retrying', next_attempt_at = now(), cycle_started_at = now(),
                             cycle_attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = now()
                       WHERE status IN ('retrying', 'disabled')
+                        AND (lease_until IS NULL OR lease_until < now())
                         AND ($1::text IS NULL OR endpoint_id = $1)"
                 ),
                 &[&endpoint],
@@ -261,6 +299,20 @@ impl Ledger {
         Ok(n)
     }
 
+    /// Switch an endpoint on or off if it is not already; returns whether it
+    /// changed. The check is the UPDATE's guard, so two operators (or an
+    /// operator and a dispatcher disabling it) cannot both see a change.
+    pub async fn switch_endpoint(
+        &self,
+        client: &Client,
+        id: &str,
+        enabled: bool,
+        reason: Option<&str>,
+    ) -> Result<bool, LedgerError> {
+        self.update_endpoint(client, id, enabled, reason, true)
+            .await
+    }
+
     /// Enable or disable an endpoint as a whole. Returns false if unknown.
     pub async fn set_endpoint_enabled(
         &self,
@@ -268,6 +320,19 @@ impl Ledger {
         id: &str,
         enabled: bool,
         reason: Option<&str>,
+    ) -> Result<bool, LedgerError> {
+        self.update_endpoint(client, id, enabled, reason, false)
+            .await
+    }
+
+    /// `only_if_changed`: leave the row alone when it already is in that state.
+    async fn update_endpoint(
+        &self,
+        client: &Client,
+        id: &str,
+        enabled: bool,
+        reason: Option<&str>,
+        only_if_changed: bool,
     ) -> Result<bool, LedgerError> {
         let s = self.q();
         let n = client
@@ -279,9 +344,9 @@ impl Ledger {
                             disabled_reason = CASE WHEN $2 THEN NULL ELSE $3 END,
                             failing_since = CASE WHEN $2 THEN NULL ELSE failing_since END,
                             updated_at = now()
-                      WHERE id = $1"
+                      WHERE id = $1 AND (NOT $4 OR enabled <> $2)"
                 ),
-                &[&id, &enabled, &reason],
+                &[&id, &enabled, &reason, &only_if_changed],
             )
             .await?;
         if n > 0 && enabled {

@@ -2,11 +2,39 @@
 //! `walhook setup` can run it on every start-up of a new version; the same
 //! text, for the default schema, is in `sql/01-ledger.sql` for a DBA.
 
+use tokio_postgres::Client;
+
+use super::{Ledger, LedgerError};
+use crate::pg::quote_ident;
+
+/// The tables [`ddl`] creates, in order.
+pub const TABLES: [&str; 7] = [
+    "events",
+    "progress",
+    "counters",
+    "endpoints",
+    "deliveries",
+    "attempts",
+    "objects",
+];
+
 /// The table `walhook setup` creates last: when it exists, the schema is
 /// up to date with this version.
-pub const NEWEST_TABLE: &str = "objects";
+pub const NEWEST_TABLE: &str = TABLES[TABLES.len() - 1];
 
-use crate::pg::quote_ident;
+impl Ledger {
+    /// The ledger's tables that do not exist (all of them before `walhook setup`).
+    pub async fn missing_tables(&self, client: &Client) -> Result<Vec<String>, LedgerError> {
+        let row = client
+            .query_one(
+                "SELECT array_agg(t) FILTER (WHERE to_regclass(format('%I.%I', $1::text, t)) IS NULL)
+                 FROM unnest($2::text[]) AS t",
+                &[&self.schema(), &TABLES.as_slice()],
+            )
+            .await?;
+        Ok(row.get::<_, Option<Vec<String>>>(0).unwrap_or_default())
+    }
+}
 
 /// The ledger's statements, `{schema}` standing for the quoted schema.
 const DDL: &[&str] = &[
@@ -138,6 +166,16 @@ mod tests {
                 panic!("sql/01-ledger.sql is out of date with src/ledger/schema.rs");
             }
         }
+    }
+
+    #[test]
+    fn tables_are_the_ones_the_ddl_creates() {
+        let created: Vec<String> = ddl("wh")
+            .iter()
+            .filter_map(|s| s.strip_prefix("CREATE TABLE IF NOT EXISTS \"wh\"."))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(created, TABLES);
     }
 
     #[test]

@@ -285,6 +285,48 @@ pub async fn slot_plugin(client: &Client, slot: &str) -> Result<Option<String>, 
     Ok(Some(row.get::<_, Option<String>>(0).unwrap_or_default()))
 }
 
+/// The slot as the server sees it (`pg_replication_slots`, and
+/// `pg_stat_replication` while a walsender streams it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlotState {
+    pub plugin: Option<String>,
+    pub active: bool,
+    /// `wal_status` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    pub confirmed_flush_lsn: Option<String>,
+    /// WAL retained beyond `confirmed_flush_lsn` (unknown on a standby).
+    pub lag_bytes: Option<i64>,
+    /// The walsender's `flush_lag` in seconds; NULL once caught up.
+    pub flush_lag: Option<f64>,
+}
+
+/// The slot's state, if it exists.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SetupError> {
+    // to_jsonb(s) reads wal_status where it exists (13+) without failing on older servers.
+    let row = client
+        .query_opt(
+            "SELECT s.plugin::text, s.active, s.confirmed_flush_lsn::text,
+                    to_jsonb(s) ->> 'wal_status',
+                    CASE WHEN pg_is_in_recovery() OR s.confirmed_flush_lsn IS NULL THEN NULL
+                         ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8 END,
+                    extract(epoch FROM r.flush_lag)::float8
+             FROM pg_replication_slots s
+             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(db_err("read the replication slot's state"))?;
+    Ok(row.map(|r| SlotState {
+        plugin: r.get(0),
+        active: r.get(1),
+        confirmed_flush_lsn: r.get(2),
+        wal_status: r.get(3),
+        lag_bytes: r.get(4),
+        flush_lag: r.get(5),
+    }))
+}
+
 /// Run setup; returns what was done, step by step.
 pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError> {
     check_wal_level(client).await?;

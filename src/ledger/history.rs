@@ -1,0 +1,576 @@
+//! Reading the ledger's history: every query `walhook status|deliveries|
+//! endpoints`, the admin API and the history page run over the ledger's
+//! tables, and the row types they return.
+//!
+//! The rows are what operators are shown, so they are `Serialize` and
+//! display-ready: timestamps are RFC 3339 strings in UTC with milliseconds,
+//! LSNs are text as Postgres prints them. The admin room re-exports them
+//! rather than mapping them to look-alike types.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Client, Row};
+
+use super::{Ledger, LedgerError};
+use crate::pg::{Lsn, unix_ms};
+
+/// A delivery's state in the queue (SPEC §5), the `status` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Retrying,
+    Succeeded,
+    Disabled,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Retrying,
+        DeliveryState::Succeeded,
+        DeliveryState::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Retrying => "retrying",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Disabled => "disabled",
+        }
+    }
+
+    /// The state of a `status` column value (the table's CHECK allows no other).
+    pub(super) fn of_column(s: &str) -> DeliveryState {
+        s.parse().unwrap_or(DeliveryState::Pending)
+    }
+}
+
+/// A word that names no delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid status: `{0}` is not a delivery state; use pending, retrying, succeeded or disabled"
+)]
+pub struct UnknownState(pub String);
+
+impl FromStr for DeliveryState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // `failed` is what operators tend to type for "not delivered yet, failing".
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pending" => Ok(DeliveryState::Pending),
+            "retrying" | "failed" | "failing" => Ok(DeliveryState::Retrying),
+            "succeeded" | "success" | "delivered" => Ok(DeliveryState::Succeeded),
+            "disabled" => Ok(DeliveryState::Disabled),
+            other => Err(UnknownState(other.to_string())),
+        }
+    }
+}
+
+/// Deliveries counted by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub pending: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub disabled: i64,
+    pub total: i64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: DeliveryState, n: i64) {
+        match state {
+            DeliveryState::Pending => self.pending += n,
+            DeliveryState::Retrying => self.retrying += n,
+            DeliveryState::Succeeded => self.succeeded += n,
+            DeliveryState::Disabled => self.disabled += n,
+        }
+        self.total += n;
+    }
+
+    pub fn get(&self, state: DeliveryState) -> i64 {
+        match state {
+            DeliveryState::Pending => self.pending,
+            DeliveryState::Retrying => self.retrying,
+            DeliveryState::Succeeded => self.succeeded,
+            DeliveryState::Disabled => self.disabled,
+        }
+    }
+}
+
+/// Deliveries by state, overall and per endpoint id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    pub all: StateCounts,
+    pub per_endpoint: BTreeMap<String, StateCounts>,
+}
+
+/// Events in the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    pub total: i64,
+    pub by_name: BTreeMap<String, i64>,
+}
+
+/// The replication position the ledger holds for a slot, and since when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressRow {
+    pub lsn: Lsn,
+    pub updated_at: String,
+    /// Seconds since `updated_at`, by the database's clock.
+    pub age_seconds: Option<f64>,
+}
+
+/// An endpoint's row in the ledger (state that outlives a process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub id: String,
+    pub enabled: bool,
+    pub disabled_at: Option<String>,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<String>,
+}
+
+/// One delivery, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliverySummary {
+    pub id: i64,
+    pub event_id: String,
+    pub event: String,
+    pub endpoint: String,
+    /// `slug:record_key`
+    pub record: String,
+    pub status: DeliveryState,
+    pub attempts: i32,
+    /// An attempt is under way (a dispatcher holds the lease).
+    pub in_flight: bool,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending and retrying only).
+    pub next_attempt_at: Option<String>,
+    pub commit_time: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptView {
+    pub id: i64,
+    pub started_at: String,
+    pub duration_ms: i32,
+    pub status_code: Option<i32>,
+    /// `status`, `timeout`, `connect` or `other`; absent on success.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    /// The headers sent (signatures are HMAC outputs, not secrets).
+    pub request_headers: serde_json::Value,
+}
+
+/// One delivery with the event body and every attempt, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliverySummary,
+    pub body: serde_json::Value,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// What to list; every field narrows the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryState>,
+    /// An event id (has `:`), an exact name, or a filter (`lead.*`, `*.delete`).
+    pub event: Option<String>,
+    pub endpoint: Option<String>,
+    /// Only deliveries created at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only deliveries with a smaller id (paging, newest first).
+    pub before: Option<i64>,
+    /// How many at most; the admin room applies its default and bounds.
+    pub limit: Option<i64>,
+}
+
+/// How an `event` filter is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventMatch {
+    Id(String),
+    /// A SQL `LIKE` pattern for the name.
+    NameLike(String),
+}
+
+/// Event ids contain `:`, names never do; `*` in a name is a wildcard.
+pub fn event_match(s: &str) -> EventMatch {
+    if s.contains(':') {
+        return EventMatch::Id(s.to_string());
+    }
+    let mut like = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            '*' => like.push('%'),
+            c => like.push(c),
+        }
+    }
+    EventMatch::NameLike(like)
+}
+
+/// RFC 3339 in UTC with milliseconds (`2025-02-21T08:33:28.148Z`).
+fn rfc3339(t: SystemTime) -> String {
+    let ms = unix_ms(t);
+    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    dt.format(&format).unwrap_or_default()
+}
+
+fn opt_time(t: Option<SystemTime>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// The columns [`summary`] reads, over `deliveries d JOIN events e`.
+const SUMMARY_COLUMNS: &str =
+    "d.id, e.event_id, e.name, d.endpoint_id, d.record, d.status, d.attempts,
+        coalesce(d.lease_until > now(), false), d.last_status_code, d.last_error,
+        CASE WHEN d.status IN ('pending', 'retrying') THEN d.next_attempt_at END,
+        e.commit_time, d.created_at, d.updated_at";
+
+fn summary(r: &Row) -> DeliverySummary {
+    DeliverySummary {
+        id: r.get(0),
+        event_id: r.get(1),
+        event: r.get(2),
+        endpoint: r.get(3),
+        record: r.get(4),
+        status: DeliveryState::of_column(r.get(5)),
+        attempts: r.get(6),
+        in_flight: r.get(7),
+        last_status_code: r.get(8),
+        last_error: r.get(9),
+        next_attempt_at: opt_time(r.get(10)),
+        commit_time: rfc3339(r.get(11)),
+        created_at: rfc3339(r.get(12)),
+        updated_at: rfc3339(r.get(13)),
+    }
+}
+
+fn attempt(r: &Row) -> AttemptView {
+    AttemptView {
+        id: r.get(1),
+        started_at: rfc3339(r.get(2)),
+        duration_ms: r.get(3),
+        status_code: r.get(4),
+        error_kind: r.get::<_, Option<String>>(5).filter(|k| k != "none"),
+        error: r.get(6),
+        response_excerpt: r.get(7),
+        request_headers: r.get(8),
+    }
+}
+
+impl Ledger {
+    /// The position the ledger holds for `slot`; `None` also when the
+    /// ledger is not set up (the slot can exist without it).
+    pub async fn progress_row(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<Option<ProgressRow>, LedgerError> {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass(format('%I.progress', $1::text)) IS NOT NULL",
+                &[&self.schema()],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let s = self.q();
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT lsn, updated_at, extract(epoch FROM now() - updated_at)::float8
+                     FROM {s}.progress WHERE slot = $1"
+                ),
+                &[&slot],
+            )
+            .await?;
+        Ok(row.map(|r| ProgressRow {
+            lsn: Lsn::from(r.get::<_, PgLsn>(0)),
+            updated_at: rfc3339(r.get(1)),
+            age_seconds: r.get(2),
+        }))
+    }
+
+    /// Deliveries by state, overall and per endpoint.
+    pub async fn delivery_counts(&self, client: &Client) -> Result<DeliveryCounts, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!("SELECT endpoint_id, status, count(*) FROM {s}.deliveries GROUP BY 1, 2"),
+                &[],
+            )
+            .await?;
+        let mut out = DeliveryCounts::default();
+        for r in rows {
+            let state = DeliveryState::of_column(r.get(1));
+            let n: i64 = r.get(2);
+            out.all.add(state, n);
+            out.per_endpoint.entry(r.get(0)).or_default().add(state, n);
+        }
+        Ok(out)
+    }
+
+    /// Deliveries not yet succeeded, by (endpoint, state); endpoints with
+    /// none are absent.
+    pub async fn open_counts(
+        &self,
+        client: &Client,
+    ) -> Result<BTreeMap<(String, DeliveryState), i64>, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT endpoint_id, status, count(*) FROM {s}.deliveries
+                     WHERE status <> 'succeeded' GROUP BY 1, 2"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), DeliveryState::of_column(r.get(1))), r.get(2)))
+            .collect())
+    }
+
+    /// Every endpoint row, by id.
+    pub async fn endpoint_rows(&self, client: &Client) -> Result<Vec<EndpointRow>, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT id, enabled, disabled_at, disabled_reason, failing_since
+                     FROM {s}.endpoints ORDER BY id"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EndpointRow {
+                id: r.get(0),
+                enabled: r.get(1),
+                disabled_at: opt_time(r.get(2)),
+                disabled_reason: r.get(3),
+                failing_since: opt_time(r.get(4)),
+            })
+            .collect())
+    }
+
+    /// Events by name.
+    pub async fn event_counts(&self, client: &Client) -> Result<EventCounts, LedgerError> {
+        let s = self.q();
+        let mut out = EventCounts::default();
+        for r in client
+            .query(
+                &format!("SELECT name, count(*) FROM {s}.events GROUP BY name ORDER BY name"),
+                &[],
+            )
+            .await?
+        {
+            let n: i64 = r.get(1);
+            out.total += n;
+            out.by_name.insert(r.get(0), n);
+        }
+        Ok(out)
+    }
+
+    /// TRUNCATEs counted by [`Ledger::count_truncate`].
+    pub async fn truncates(&self, client: &Client) -> Result<i64, LedgerError> {
+        let s = self.q();
+        let row = client
+            .query_opt(
+                &format!("SELECT value FROM {s}.counters WHERE name = 'truncates'"),
+                &[],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    /// Deliveries matching `f`, newest first, `limit` at most.
+    pub async fn deliveries(
+        &self,
+        client: &Client,
+        f: &DeliveryFilter,
+        limit: i64,
+    ) -> Result<Vec<DeliverySummary>, LedgerError> {
+        let s = self.q();
+        let (event_id, name_like) = match f.event.as_deref().map(event_match) {
+            None => (None, None),
+            Some(EventMatch::Id(id)) => (Some(id), None),
+            Some(EventMatch::NameLike(p)) => (None, Some(p)),
+        };
+        let status = f.status.map(|s| s.as_str());
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &status,
+            &event_id,
+            &name_like,
+            &f.endpoint,
+            &f.since,
+            &f.before,
+            &limit,
+        ];
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS}
+                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                     WHERE ($1::text IS NULL OR d.status = $1)
+                       AND ($2::text IS NULL OR e.event_id = $2)
+                       AND ($3::text IS NULL OR e.name LIKE $3)
+                       AND ($4::text IS NULL OR d.endpoint_id = $4)
+                       AND ($5::timestamptz IS NULL OR d.created_at >= $5)
+                       AND ($6::int8 IS NULL OR d.id < $6)
+                     ORDER BY d.id DESC
+                     LIMIT $7"
+                ),
+                &params,
+            )
+            .await?;
+        Ok(rows.iter().map(summary).collect())
+    }
+
+    /// One delivery with its event body and attempts.
+    pub async fn delivery(
+        &self,
+        client: &Client,
+        id: i64,
+    ) -> Result<Option<DeliveryDetail>, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS}, e.body
+                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                     WHERE d.id = $1"
+                ),
+                &[&id],
+            )
+            .await?;
+        Ok(self.details(client, rows).await?.pop())
+    }
+
+    /// Every delivery of one event (oldest first), with body and attempts.
+    pub async fn event_deliveries(
+        &self,
+        client: &Client,
+        event_id: &str,
+    ) -> Result<Vec<DeliveryDetail>, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS}, e.body
+                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                     WHERE e.event_id = $1 ORDER BY d.id"
+                ),
+                &[&event_id],
+            )
+            .await?;
+        self.details(client, rows).await
+    }
+
+    /// The summaries of `rows` (summary columns, then the body) with their attempts.
+    async fn details(
+        &self,
+        client: &Client,
+        rows: Vec<Row>,
+    ) -> Result<Vec<DeliveryDetail>, LedgerError> {
+        let s = self.q();
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut attempts: BTreeMap<i64, Vec<AttemptView>> = BTreeMap::new();
+        for r in client
+            .query(
+                &format!(
+                    "SELECT delivery_id, id, started_at, duration_ms, status_code, error_kind, error,
+                            response_excerpt, request_headers
+                     FROM {s}.attempts WHERE delivery_id = ANY($1) ORDER BY id"
+                ),
+                &[&ids],
+            )
+            .await?
+        {
+            attempts.entry(r.get(0)).or_default().push(attempt(&r));
+        }
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let body: String = r.get(14);
+                let delivery = summary(r);
+                DeliveryDetail {
+                    attempts: attempts.remove(&delivery.id).unwrap_or_default(),
+                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    delivery,
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn event_filters() {
+        assert_eq!(
+            event_match("app:lead:1:k:lead.create:abcdefgh"),
+            EventMatch::Id("app:lead:1:k:lead.create:abcdefgh".into())
+        );
+        assert_eq!(event_match("lead.*"), EventMatch::NameLike("lead.%".into()));
+        assert_eq!(
+            event_match("*.delete"),
+            EventMatch::NameLike("%.delete".into())
+        );
+        assert_eq!(
+            event_match("my_obj.create"),
+            EventMatch::NameLike("my\\_obj.create".into())
+        );
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_millis() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_740_126_808_148);
+        assert_eq!(rfc3339(t), "2025-02-21T08:33:28.148Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn states_parse_and_print() {
+        for s in DeliveryState::ALL {
+            assert_eq!(s.as_str().parse::<DeliveryState>().unwrap(), s);
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+        assert_eq!(
+            "failed".parse::<DeliveryState>().unwrap(),
+            DeliveryState::Retrying
+        );
+        let err = "lost".parse::<DeliveryState>().unwrap_err().to_string();
+        assert!(err.contains("`lost`"), "{err}");
+    }
+}
