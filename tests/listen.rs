@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lines::Lines;
 
-use walhook::config::{EndpointConfig, Secret, SigningScheme};
+use reqwest::header::HeaderMap;
+use walhook::config::{EndpointConfig, EndpointSecrets, HeaderPrefix, Secret, SigningScheme};
 use walhook::dispatch::sign;
 
 const SUPERLEAP_SECRET: &str = "s3cret-for-listen-test-9f2c";
@@ -106,11 +107,11 @@ impl Listen {
     }
 }
 
-fn headers_for(secrets: &[&str], signing: &[SigningScheme], body: &[u8]) -> Vec<(String, String)> {
+fn headers_for(secrets: &[&str], signing: &[SigningScheme], body: &[u8]) -> HeaderMap {
     let endpoint = EndpointConfig {
         id: "dev".into(),
         url: "http://127.0.0.1:9/".parse().unwrap(),
-        secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+        secrets: EndpointSecrets::new(secrets.iter().map(|s| Secret::new(*s)).collect()).unwrap(),
         events: vec!["*".into()],
         signing: signing.to_vec(),
         timeout: Duration::from_secs(5),
@@ -122,22 +123,21 @@ fn headers_for(secrets: &[&str], signing: &[SigningScheme], body: &[u8]) -> Vec<
         .as_secs() as i64;
     sign::signed_headers(
         &endpoint,
-        "x-superleap",
+        &HeaderPrefix::default(),
         "app:lead:1741686315971:L-1:lead.create:9qRSOzKs",
         "lead.create",
         body,
         now,
     )
-    .unwrap()
 }
 
-async fn post(url: &str, headers: &[(String, String)], body: &'static [u8]) -> u16 {
+async fn post(url: &str, headers: &HeaderMap, body: &'static [u8]) -> u16 {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut req = client.post(url).body(body);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    req.send()
+    client
+        .post(url)
+        .body(body)
+        .headers(headers.clone())
+        .send()
         .await
         .expect("POST to walhook listen")
         .status()
@@ -204,7 +204,10 @@ async fn prints_requests_with_signature_verdicts_and_never_the_secret() {
     assert!(b.contains("✗ standard-webhooks  INVALID"), "{b}");
 
     // 5. Unsigned.
-    assert_eq!(post(&l.url("/"), &[], b"plain text").await, 200);
+    assert_eq!(
+        post(&l.url("/"), &HeaderMap::new(), b"plain text").await,
+        200
+    );
     let b = l.block(5);
     assert!(b.contains("✗ unsigned"), "{b}");
     assert!(b.contains("plain text"), "{b}");

@@ -36,7 +36,7 @@ async fn one_delivery(client: &mut Client, ledger: &Ledger) -> i64 {
     };
     let new = NewEvent {
         event,
-        commit_lsn: 1,
+        commit_lsn: walhook::pg::Lsn(1),
         change_index: 0,
         commit_time_unix_micros: now_unix_ms() * 1000,
         endpoints: vec![ENDPOINT.into()],

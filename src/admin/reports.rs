@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, EndpointConfig, SigningScheme};
-use crate::dispatch::{http, sign};
+use crate::dispatch::http;
 use crate::ledger::history::{EndpointRow, UnknownState};
 use crate::ledger::queue::Requeue;
 use crate::ledger::{Ledger, LedgerError};
@@ -61,14 +61,6 @@ pub enum AdminError {
     UnknownState(#[from] UnknownState),
     #[error("invalid {what}: {message}")]
     BadRequest { what: &'static str, message: String },
-    #[error(
-        "cannot sign the ping for endpoint `{endpoint}`: {source}. Fix the endpoint's secret in the config."
-    )]
-    Sign {
-        endpoint: String,
-        #[source]
-        source: sign::SignError,
-    },
     #[error(transparent)]
     Http(#[from] http::HttpError),
 }

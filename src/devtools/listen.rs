@@ -18,8 +18,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Secret, SigningScheme};
-use crate::dispatch::sign::{self, SignError};
+use crate::config::{EndpointSecrets, Secret, SigningScheme, WhsecError};
+use crate::dispatch::sign;
 
 /// Environment variable `walhook listen` reads a secret from when no
 /// `--secret` is given.
@@ -44,7 +44,7 @@ pub enum ListenError {
         /// 1-based, in the order given.
         index: usize,
         #[source]
-        source: SignError,
+        source: WhsecError,
     },
     #[error("--status {0} is not an HTTP status code; expected 100 to 599")]
     BadStatus(u16),
@@ -129,14 +129,6 @@ pub fn scheme_name(scheme: SigningScheme) -> &'static str {
     }
 }
 
-/// A decoded Standard Webhooks key, kept with the position of its secret.
-#[derive(Clone)]
-struct WhsecKey {
-    /// 1-based position among all secrets.
-    index: usize,
-    key: Vec<u8>,
-}
-
 /// Checks the signatures walhook puts on a request (SPEC §5) against a list
 /// of secrets (several during a rotation): `{prefix}-signature` with every
 /// secret's UTF-8 bytes, and the Standard Webhooks headers with every
@@ -147,8 +139,7 @@ struct WhsecKey {
 /// It holds secrets: its `Debug` shows only counts.
 #[derive(Clone)]
 pub struct Verifier {
-    secrets: Vec<Secret>,
-    whsec: Vec<WhsecKey>,
+    keys: EndpointSecrets,
     signature_header: String,
     require: Vec<SigningScheme>,
     tolerance: Duration,
@@ -157,8 +148,8 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("secrets", &self.secrets.len())
-            .field("whsec_keys", &self.whsec.len())
+            .field("secrets", &self.keys.len())
+            .field("whsec_keys", &self.whsec_count())
             .field("signature_header", &self.signature_header)
             .field("require", &self.require)
             .finish()
@@ -170,34 +161,42 @@ impl Verifier {
     /// (e.g. `x-superleap`). Secrets that start with `whsec_` must decode
     /// (standard base64, non-empty); they also serve as Standard Webhooks keys.
     pub fn new(secrets: Vec<Secret>, header_prefix: &str) -> Result<Verifier, ListenError> {
-        if secrets.is_empty() {
-            return Err(ListenError::NoSecret);
-        }
-        let mut whsec = Vec::new();
-        for (i, s) in secrets.iter().enumerate() {
-            if s.expose().starts_with("whsec_") {
-                let key = sign::decode_whsec(s.expose()).map_err(|source| {
-                    ListenError::BadWhsecSecret {
+        let keys = EndpointSecrets::new(secrets).ok_or(ListenError::NoSecret)?;
+        Verifier::with_keys(keys, header_prefix)
+    }
+
+    /// As [`Verifier::new`], with secrets already parsed (an endpoint's).
+    pub fn with_keys(keys: EndpointSecrets, header_prefix: &str) -> Result<Verifier, ListenError> {
+        for (i, key) in keys.iter().enumerate() {
+            match key.standard_webhooks_key() {
+                Ok(_) | Err(WhsecError::MissingPrefix) => {}
+                Err(source) => {
+                    return Err(ListenError::BadWhsecSecret {
                         index: i + 1,
                         source,
-                    }
-                })?;
-                whsec.push(WhsecKey { index: i + 1, key });
+                    });
+                }
             }
         }
         Ok(Verifier {
-            secrets,
-            whsec,
+            keys,
             signature_header: format!("{}-signature", header_prefix.to_ascii_lowercase()),
             require: Vec::new(),
             tolerance: TIMESTAMP_TOLERANCE,
         })
     }
 
+    fn whsec_count(&self) -> usize {
+        self.keys
+            .iter()
+            .filter(|k| k.standard_webhooks_key().is_ok())
+            .count()
+    }
+
     /// Also report `scheme` when its headers are absent (as [`Verdict::Missing`]).
     /// Requiring Standard Webhooks needs a `whsec_` secret.
     pub fn require(mut self, scheme: SigningScheme) -> Result<Verifier, ListenError> {
-        if scheme == SigningScheme::StandardWebhooks && self.whsec.is_empty() {
+        if scheme == SigningScheme::StandardWebhooks && self.whsec_count() == 0 {
             return Err(ListenError::NoWhsecSecret);
         }
         if !self.require.contains(&scheme) {
@@ -213,7 +212,7 @@ impl Verifier {
 
     /// How many secrets, and how many of them are Standard Webhooks keys.
     pub fn secret_counts(&self) -> (usize, usize) {
-        (self.secrets.len(), self.whsec.len())
+        (self.keys.len(), self.whsec_count())
     }
 
     /// Check every signature on a request. `now_unix_secs` is the clock for the
@@ -250,9 +249,9 @@ impl Verifier {
             return Verdict::Invalid("not of the form sha256=<hex>".into());
         }
         match self
-            .secrets
+            .keys
             .iter()
-            .position(|s| sign::verify_superleap(s.expose().as_bytes(), body, value))
+            .position(|k| sign::verify_superleap(k.superleap_key(), body, value))
         {
             Some(i) => Verdict::Valid { secret: i + 1 },
             None => Verdict::Invalid("does not match any secret".into()),
@@ -266,7 +265,7 @@ impl Verifier {
         body: &[u8],
         now_unix_secs: i64,
     ) -> Verdict {
-        if self.whsec.is_empty() {
+        if self.whsec_count() == 0 {
             return Verdict::Unverifiable("needs a whsec_ secret".into());
         }
         let (Some(id), Some(ts)) = (
@@ -285,12 +284,12 @@ impl Verifier {
                 self.tolerance.as_secs()
             ));
         }
-        match self
-            .whsec
-            .iter()
-            .find(|k| sign::verify_standard_webhooks(&k.key, id, ts, body, signature))
-        {
-            Some(k) => Verdict::Valid { secret: k.index },
+        let verifies = |key: &crate::config::SigningKey| {
+            key.standard_webhooks_key()
+                .is_ok_and(|k| sign::verify_standard_webhooks(k, id, ts, body, signature))
+        };
+        match self.keys.iter().position(verifies) {
+            Some(i) => Verdict::Valid { secret: i + 1 },
             None => Verdict::Invalid("no v1 signature matches any whsec_ secret".into()),
         }
     }
@@ -474,7 +473,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
-    use crate::config::EndpointConfig;
+    use crate::config::{EndpointConfig, HeaderPrefix};
 
     const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const WHSEC2: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -484,29 +483,21 @@ mod tests {
         let ep = EndpointConfig {
             id: "t".into(),
             url: "http://127.0.0.1:9/".parse().unwrap(),
-            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            secrets: EndpointSecrets::new(secrets.iter().map(|s| Secret::new(*s)).collect())
+                .unwrap(),
             events: vec!["*".into()],
             signing: signing.to_vec(),
             timeout: Duration::from_secs(1),
             allow_insecure_http: false,
         };
-        let mut map = HeaderMap::new();
-        for (k, v) in sign::signed_headers(
+        sign::signed_headers(
             &ep,
-            "x-superleap",
+            &HeaderPrefix::default(),
             "app:lead:1:L1:lead.create:abcdefgh",
             "lead.create",
             body,
             ts,
         )
-        .unwrap()
-        {
-            map.insert(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(&v).unwrap(),
-            );
-        }
-        map
     }
 
     fn verifier(secrets: &[&str]) -> Verifier {

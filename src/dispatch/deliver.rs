@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use reqwest::header::HeaderMap;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,7 @@ fn hostname() -> String {
 struct Done {
     claimed: Claimed,
     record: AttemptRecord,
-    headers: Vec<(String, String)>,
+    headers: HeaderMap,
 }
 
 struct Dispatcher<'a> {
@@ -253,30 +254,14 @@ impl<'a> Dispatcher<'a> {
         set.spawn(async move {
             let body = Bytes::from(claimed.body.clone());
             let now = unix_ms(SystemTime::now()) / 1000;
-            let headers = match sign::signed_headers(
+            let headers = sign::signed_headers(
                 &ep,
                 &prefix,
                 &claimed.event_id,
                 &claimed.event_name,
                 &body,
                 now,
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    let record = AttemptRecord {
-                        started_at_unix_ms: unix_ms(SystemTime::now()),
-                        duration: Duration::ZERO,
-                        outcome: Outcome::Other(format!("signing: {e}")),
-                        response_excerpt: None,
-                        retry_after: None,
-                    };
-                    return Done {
-                        claimed,
-                        record,
-                        headers: Vec::new(),
-                    };
-                }
-            };
+            );
             let record = http::attempt(&http, &ep.url, &headers, body, ep.timeout).await;
             Done {
                 claimed,
@@ -339,11 +324,6 @@ impl<'a> Dispatcher<'a> {
             self.metrics.delivery_outcome(ep, outcome_label);
             self.metrics
                 .observe_attempt_seconds(d.record.duration.as_secs_f64());
-            let headers: serde_json::Map<String, serde_json::Value> = d
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
             rows.push(AttemptRow {
                 delivery_id: d.claimed.delivery_id,
                 endpoint_id: ep.clone(),
@@ -353,7 +333,7 @@ impl<'a> Dispatcher<'a> {
                 error_kind: (!outcome.is_success()).then(|| outcome.error_kind().to_string()),
                 error: (!outcome.is_success()).then(|| outcome.message()),
                 response_excerpt: d.record.response_excerpt.clone(),
-                request_headers: serde_json::Value::Object(headers).to_string(),
+                request_headers: headers_json(&d.headers),
                 next,
             });
             if matches!(next, NextState::Disabled) {
@@ -423,4 +403,17 @@ impl<'a> Dispatcher<'a> {
         self.ledger.append(&mut self.db, &[ev], None).await?;
         Ok(())
     }
+}
+
+/// The request headers as a JSON object, for the attempt's ledger row. Every
+/// value was built from a `&str`, so reading it back as UTF-8 loses nothing.
+fn headers_json(headers: &HeaderMap) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), serde_json::Value::String(text))
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }

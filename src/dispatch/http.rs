@@ -6,10 +6,10 @@
 //! reading the response excerpt. Messages never contain the endpoint URL, whose
 //! userinfo, path or query may hold credentials.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::retry::{Failure, FailureKind};
 use crate::pg::unix_ms;
@@ -137,7 +137,7 @@ impl AttemptRecord {
 pub async fn attempt(
     client: &reqwest::Client,
     url: &url::Url,
-    headers: &[(String, String)],
+    headers: &HeaderMap,
     body: Bytes,
     timeout: Duration,
 ) -> AttemptRecord {
@@ -152,13 +152,9 @@ pub async fn attempt(
         retry_after,
     };
 
-    let header_map = match header_map(headers) {
-        Ok(map) => map,
-        Err(message) => return record(Outcome::Other(message), None, None),
-    };
     let send = client
         .post(url.clone())
-        .headers(header_map)
+        .headers(headers.clone())
         .body(body)
         .send();
     let mut response = match tokio::time::timeout_at(deadline, send).await {
@@ -203,19 +199,6 @@ pub async fn attempt(
         Outcome::Status(code)
     };
     record(outcome, lossy_excerpt(&excerpt), retry_after)
-}
-
-/// The message names the offending header, never its value (it may be a signature).
-fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid request header name `{name}`"))?;
-        let header_value = HeaderValue::from_str(value)
-            .map_err(|_| format!("invalid value for request header `{name}`"))?;
-        map.append(header_name, header_value);
-    }
-    Ok(map)
 }
 
 /// Classify a transport error and describe it without the URL.
@@ -277,7 +260,8 @@ fn lossy_excerpt(bytes: &[u8]) -> Option<String> {
 }
 
 /// `Retry-After` as a delay from `now`: delta-seconds (`120`) or an HTTP-date
-/// (see [`parse_http_date`]). A date in the past gives zero; anything else
+/// (RFC 9110 §5.6.7: IMF-fixdate, or the obsolete RFC 850 and asctime forms
+/// that recipients must accept). A date in the past gives zero; anything else
 /// unparsable gives `None`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -285,93 +269,37 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         // Too many digits to fit is still "a very long time".
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let at = parse_http_date(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// An HTTP-date (RFC 9110 §5.6.7), parsed by hand with the `time` crate doing
-/// the calendar: the preferred IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, and
-/// the obsolete RFC 850 `Sunday, 06-Nov-94 08:49:37 GMT` (two-digit years below
-/// 70 are 20xx) and asctime `Sun Nov  6 08:49:37 1994` forms, as recipients must
-/// accept all three. The weekday is not checked. Dates before 1970 give `None`.
-pub fn parse_http_date(value: &str) -> Option<SystemTime> {
-    let tokens: Vec<&str> = value.split_ascii_whitespace().collect();
-    let (day, month, year, clock) = match tokens.as_slice() {
-        [weekday, day, month, year, clock, "GMT"] if weekday.ends_with(',') => {
-            (*day, *month, year.parse::<i32>().ok()?, *clock)
-        }
-        [weekday, date, clock, "GMT"] if weekday.ends_with(',') => {
-            let mut parts = date.split('-');
-            let (day, month, yy) = (parts.next()?, parts.next()?, parts.next()?);
-            if parts.next().is_some() || yy.len() != 2 {
-                return None;
-            }
-            let yy: i32 = yy.parse().ok()?;
-            (
-                day,
-                month,
-                if yy < 70 { 2000 + yy } else { 1900 + yy },
-                *clock,
-            )
-        }
-        [_weekday, month, day, clock, year] => (*day, *month, year.parse::<i32>().ok()?, *clock),
-        _ => return None,
-    };
-    let month = match month {
-        "Jan" => time::Month::January,
-        "Feb" => time::Month::February,
-        "Mar" => time::Month::March,
-        "Apr" => time::Month::April,
-        "May" => time::Month::May,
-        "Jun" => time::Month::June,
-        "Jul" => time::Month::July,
-        "Aug" => time::Month::August,
-        "Sep" => time::Month::September,
-        "Oct" => time::Month::October,
-        "Nov" => time::Month::November,
-        "Dec" => time::Month::December,
-        _ => return None,
-    };
-    let day: u8 = day.parse().ok()?;
-    let mut hms = clock.split(':');
-    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() || [h, m, s].iter().any(|p| p.len() != 2) {
-        return None;
-    }
-    let date = time::Date::from_calendar_date(year, month, day).ok()?;
-    let clock = time::Time::from_hms(h.parse().ok()?, m.parse().ok()?, s.parse().ok()?).ok()?;
-    let secs = time::PrimitiveDateTime::new(date, clock)
-        .assume_utc()
-        .unix_timestamp();
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     const NOV_6_1994: u64 = 784111777;
 
+    /// `Retry-After` as an HTTP-date, measured from the epoch.
+    fn date(value: &str) -> Option<Duration> {
+        parse_retry_after(value, UNIX_EPOCH)
+    }
+
     #[test]
-    fn http_date_three_forms() {
-        let expected = UNIX_EPOCH + Duration::from_secs(NOV_6_1994);
+    fn retry_after_date_three_forms() {
+        let expected = Some(Duration::from_secs(NOV_6_1994));
+        assert_eq!(date("Sun, 06 Nov 1994 08:49:37 GMT"), expected);
+        assert_eq!(date("Sunday, 06-Nov-94 08:49:37 GMT"), expected);
+        assert_eq!(date("Sun Nov  6 08:49:37 1994"), expected);
         assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(expected)
-        );
-        assert_eq!(
-            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
-            Some(expected)
-        );
-        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(expected));
-        assert_eq!(
-            parse_http_date("Thu, 01 Jan 2043 00:00:00 GMT"),
-            Some(UNIX_EPOCH + Duration::from_secs(2_303_683_200))
+            date("Thu, 01 Jan 2043 00:00:00 GMT"),
+            Some(Duration::from_secs(2_303_683_200))
         );
     }
 
     #[test]
-    fn http_date_rejects_garbage() {
+    fn retry_after_date_rejects_garbage() {
         for bad in [
             "",
             "Sun, 06 Nov 1994 08:49:37 UTC",
@@ -384,7 +312,7 @@ mod tests {
             "Sunday, 06-Nov-1994 08:49:37 GMT",
             "tomorrow",
         ] {
-            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+            assert_eq!(date(bad), None, "{bad:?}");
         }
     }
 
@@ -477,12 +405,5 @@ mod tests {
         let url: url::Url = "https://ghp_0123456789abcdef@example.com/".parse().unwrap();
         let out = redact("auth failed for ghp_0123456789abcdef", &url);
         assert_eq!(out, "auth failed for ***");
-    }
-
-    #[test]
-    fn invalid_header_is_an_outcome_not_a_panic() {
-        let err = header_map(&[("x-ok".into(), "line\nbreak".into())]).unwrap_err();
-        assert!(err.contains("x-ok") && !err.contains("line"), "{err}");
-        assert!(header_map(&[("bad name".into(), "v".into())]).is_err());
     }
 }

@@ -5,40 +5,17 @@
 //! Everything here is pure: the caller passes the clock (`now_unix_secs`), so the
 //! same inputs always give the same headers.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use sha2::Sha256;
 
-use crate::config::{EndpointConfig, SigningScheme};
+use crate::config::{EndpointConfig, HeaderPrefix, SigningScheme};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Prefix every Standard Webhooks secret carries.
-const WHSEC_PREFIX: &str = "whsec_";
-
-/// Why headers could not be signed. Messages never contain secret material: the
-/// base64 decoder's own error is dropped on purpose because it quotes the
-/// offending character of the secret.
-#[derive(Debug, thiserror::Error)]
-pub enum SignError {
-    #[error("a standard-webhooks secret must start with `whsec_`")]
-    MissingPrefix,
-    #[error("a standard-webhooks secret must be standard base64 after `whsec_`")]
-    InvalidBase64,
-    #[error("a standard-webhooks secret must not decode to an empty key")]
-    EmptyKey,
-    #[error("endpoint `{endpoint}` has no secret")]
-    NoSecret { endpoint: String },
-    /// Secret number `index` (0-based, in configuration order) is not usable.
-    #[error("secret #{index} of endpoint `{endpoint}` is not a usable standard-webhooks secret")]
-    EndpointSecret {
-        endpoint: String,
-        index: usize,
-        #[source]
-        source: Box<SignError>,
-    },
-}
 
 fn mac(key: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length (long keys are hashed), so this cannot fail.
@@ -63,23 +40,8 @@ pub fn superleap_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(m.finalize().into_bytes()))
 }
 
-/// The HMAC key of a Standard Webhooks secret: `whsec_` followed by standard
-/// base64 (with padding when the length needs it). An empty key is rejected.
-pub fn decode_whsec(secret: &str) -> Result<Vec<u8>, SignError> {
-    let encoded = secret
-        .strip_prefix(WHSEC_PREFIX)
-        .ok_or(SignError::MissingPrefix)?;
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| SignError::InvalidBase64)?;
-    if key.is_empty() {
-        return Err(SignError::EmptyKey);
-    }
-    Ok(key)
-}
-
 /// One Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 over
-/// `{msg_id}.{timestamp}.{body}`.
+/// `{msg_id}.{timestamp}.{body}`, keyed with the decoded `whsec_` secret.
 pub fn standard_webhooks_signature(
     key: &[u8],
     msg_id: &str,
@@ -90,65 +52,81 @@ pub fn standard_webhooks_signature(
     format!("v1,{}", BASE64.encode(m.finalize().into_bytes()))
 }
 
-/// The headers of one attempt, names in lowercase, in a stable order:
-/// `content-type`, `user-agent`, `{prefix}-event-id`, `{prefix}-event`, then
+/// `text` with the bytes a header value cannot hold (controls, DEL)
+/// percent-encoded. Event ids and names never contain any (SPEC §5), so for
+/// them this is the text itself.
+fn header_text(text: &str) -> Cow<'_, str> {
+    let bad = |b: u8| b < 0x20 || b == 0x7f;
+    if !text.bytes().any(bad) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match u8::try_from(c) {
+            Ok(b) if bad(b) => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(&header_text(text)).expect("header_text leaves only valid bytes")
+}
+
+/// The headers of one attempt, in a stable order: `content-type`,
+/// `user-agent`, `{prefix}-event-id`, `{prefix}-event`, then
 /// `{prefix}-signature` when `superleap` is among the schemes (keyed with the
 /// first secret), then `webhook-id`, `webhook-timestamp`, `webhook-signature`
 /// (one `v1,...` per secret, space-separated) with `standard-webhooks`.
 ///
-/// `now_unix_secs` is the time of this attempt; only `webhook-timestamp` and the
-/// Standard Webhooks signature depend on it.
+/// Cannot fail: the prefix's header names and the keys were checked when the
+/// configuration loaded, which also guarantees that with `standard-webhooks`
+/// every secret has a Standard Webhooks key (one without would be skipped).
+/// `now_unix_secs` is the time of this attempt; only `webhook-timestamp` and
+/// the Standard Webhooks signature depend on it.
 pub fn signed_headers(
     endpoint: &EndpointConfig,
-    header_prefix: &str,
+    prefix: &HeaderPrefix,
     event_id: &str,
     event_name: &str,
     body: &[u8],
     now_unix_secs: i64,
-) -> Result<Vec<(String, String)>, SignError> {
-    let first = endpoint
-        .secrets
-        .first()
-        .ok_or_else(|| SignError::NoSecret {
-            endpoint: endpoint.id.clone(),
-        })?;
-    let prefix = header_prefix.to_ascii_lowercase();
-    let mut headers = vec![
-        ("content-type".to_owned(), "application/json".to_owned()),
-        (
-            "user-agent".to_owned(),
-            concat!("walhook/", env!("CARGO_PKG_VERSION")).to_owned(),
-        ),
-        (format!("{prefix}-event-id"), event_id.to_owned()),
-        (format!("{prefix}-event"), event_name.to_owned()),
-    ];
+) -> HeaderMap {
+    let event_id = header_text(event_id);
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
+    );
+    headers.insert(prefix.event_id().clone(), value(&event_id));
+    headers.insert(prefix.event().clone(), value(event_name));
     if endpoint.signing.contains(&SigningScheme::Superleap) {
-        headers.push((
-            format!("{prefix}-signature"),
-            superleap_signature(first.expose().as_bytes(), body),
-        ));
+        let key = endpoint.secrets.primary().superleap_key();
+        headers.insert(
+            prefix.signature().clone(),
+            value(&superleap_signature(key, body)),
+        );
     }
     if endpoint.signing.contains(&SigningScheme::StandardWebhooks) {
-        let mut signatures = Vec::with_capacity(endpoint.secrets.len());
-        for (index, secret) in endpoint.secrets.iter().enumerate() {
-            let key =
-                decode_whsec(secret.expose()).map_err(|source| SignError::EndpointSecret {
-                    endpoint: endpoint.id.clone(),
-                    index,
-                    source: Box::new(source),
-                })?;
-            signatures.push(standard_webhooks_signature(
-                &key,
-                event_id,
-                now_unix_secs,
-                body,
-            ));
-        }
-        headers.push(("webhook-id".to_owned(), event_id.to_owned()));
-        headers.push(("webhook-timestamp".to_owned(), now_unix_secs.to_string()));
-        headers.push(("webhook-signature".to_owned(), signatures.join(" ")));
+        let signatures: Vec<String> = endpoint
+            .secrets
+            .iter()
+            .filter_map(|k| k.standard_webhooks_key().ok())
+            .map(|key| standard_webhooks_signature(key, &event_id, now_unix_secs, body))
+            .collect();
+        headers.insert(HeaderName::from_static("webhook-id"), value(&event_id));
+        headers.insert(
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderValue::from(now_unix_secs),
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-signature"),
+            value(&signatures.join(" ")),
+        );
     }
-    Ok(headers)
+    headers
 }
 
 /// Whether `header` (`sha256=<hex>`, hex in either case) is the HMAC-SHA256 of
@@ -167,7 +145,7 @@ pub fn verify_superleap(secret: &[u8], body: &[u8], header: &str) -> bool {
 
 /// Whether any `v1,<base64>` entry of the space-separated `header` is the
 /// Standard Webhooks signature of (`msg_id`, `timestamp`, `body`) under `key`
-/// (the decoded secret, see [`decode_whsec`]). Entries of other versions are
+/// (the decoded secret, see [`crate::config::decode_whsec`]). Entries of other versions are
 /// ignored. Constant-time comparison per entry.
 ///
 /// The timestamp is used exactly as received; checking that it is recent (replay
@@ -196,7 +174,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Secret;
+    use crate::config::{EndpointSecrets, Secret, decode_whsec};
 
     const SW1_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const SW1_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
@@ -214,7 +192,8 @@ mod tests {
         EndpointConfig {
             id: "crm".to_owned(),
             url: "http://127.0.0.1:9/hook".parse().unwrap(),
-            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            secrets: EndpointSecrets::new(secrets.iter().map(|s| Secret::new(*s)).collect())
+                .unwrap(),
             events: vec!["*".to_owned()],
             signing: signing.to_vec(),
             timeout: Duration::from_secs(10),
@@ -222,11 +201,12 @@ mod tests {
         }
     }
 
-    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+    fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn prefix(text: &str) -> HeaderPrefix {
+        HeaderPrefix::new(text).unwrap()
     }
 
     #[test]
@@ -270,40 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn decode_whsec_rejects_bad_secrets() {
-        assert!(matches!(
-            decode_whsec("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-            Err(SignError::MissingPrefix)
-        ));
-        assert!(matches!(
-            decode_whsec("whsec_not*base64!"),
-            Err(SignError::InvalidBase64)
-        ));
-        assert!(matches!(decode_whsec("whsec_"), Err(SignError::EmptyKey)));
-        assert_eq!(decode_whsec("whsec_AAEC").unwrap(), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn invalid_base64_error_does_not_quote_the_secret() {
-        let err = decode_whsec("whsec_abc$def").unwrap_err();
-        assert!(!err.to_string().contains('$'));
-        assert!(!format!("{err:?}").contains('$'));
-    }
-
-    #[test]
     fn headers_superleap_only() {
         let ep = endpoint(&["s3cret", "older"], &[SigningScheme::Superleap]);
         let body = br#"{"before":{},"after":{"id":1},"diff":{"id":1}}"#;
         let h = signed_headers(
             &ep,
-            "X-Superleap",
+            &prefix("X-Superleap"),
             "app:lead:1:1:lead.create:abcdefgh",
             "lead.create",
             body,
             1_700_000_000,
-        )
-        .unwrap();
-        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+        );
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -336,13 +294,12 @@ mod tests {
         let ep = endpoint(&[SW1_SECRET], &[SigningScheme::StandardWebhooks]);
         let h = signed_headers(
             &ep,
-            "x-superleap",
+            &HeaderPrefix::default(),
             SW1_ID,
             "lead.update",
             SW1_BODY.as_bytes(),
             SW1_TS,
-        )
-        .unwrap();
+        );
         assert_eq!(header(&h, "x-superleap-signature"), None);
         assert_eq!(header(&h, "x-superleap-event-id"), Some(SW1_ID));
         assert_eq!(header(&h, "x-superleap-event"), Some("lead.update"));
@@ -358,7 +315,7 @@ mod tests {
             &[SigningScheme::Superleap, SigningScheme::StandardWebhooks],
         );
         let body = SW1_BODY.as_bytes();
-        let h = signed_headers(&ep, "x-acme", SW1_ID, "lead.delete", body, SW1_TS).unwrap();
+        let h = signed_headers(&ep, &prefix("x-acme"), SW1_ID, "lead.delete", body, SW1_TS);
         assert_eq!(
             header(&h, "x-acme-signature"),
             Some(superleap_signature(SW1_SECRET.as_bytes(), body).as_str())
@@ -386,24 +343,39 @@ mod tests {
     }
 
     #[test]
-    fn headers_reject_non_whsec_secret_without_leaking_it() {
+    fn headers_skip_a_secret_without_a_standard_webhooks_key() {
+        // The configuration rejects such an endpoint; signing still cannot fail.
         let ep = endpoint(
             &[SW1_SECRET, "plain-s3cret"],
             &[SigningScheme::StandardWebhooks],
         );
-        let err = signed_headers(&ep, "x-superleap", "id", "lead.create", b"{}", 1).unwrap_err();
-        assert!(matches!(err, SignError::EndpointSecret { index: 1, .. }));
-        assert!(!err.to_string().contains("plain-s3cret"));
-        assert!(!format!("{err:?}").contains("plain-s3cret"));
+        let h = signed_headers(
+            &ep,
+            &HeaderPrefix::default(),
+            SW1_ID,
+            "lead.create",
+            SW1_BODY.as_bytes(),
+            SW1_TS,
+        );
+        assert_eq!(header(&h, "webhook-signature"), Some(SW1_SIG));
     }
 
     #[test]
-    fn headers_require_a_secret() {
-        let ep = endpoint(&[], &[SigningScheme::Superleap]);
-        assert!(matches!(
-            signed_headers(&ep, "x-superleap", "id", "lead.create", b"{}", 1),
-            Err(SignError::NoSecret { .. })
-        ));
+    fn control_bytes_in_an_id_are_percent_encoded_and_signed_as_sent() {
+        let ep = endpoint(&[SW1_SECRET], &[SigningScheme::StandardWebhooks]);
+        let id = "app:lead:1:a\nb:lead.create:abcdefgh";
+        let h = signed_headers(&ep, &HeaderPrefix::default(), id, "lead.create", b"{}", 1);
+        let sent = "app:lead:1:a%0Ab:lead.create:abcdefgh";
+        assert_eq!(header(&h, "x-superleap-event-id"), Some(sent));
+        assert_eq!(header(&h, "webhook-id"), Some(sent));
+        let key = decode_whsec(SW1_SECRET).unwrap();
+        assert_eq!(
+            header(&h, "webhook-signature"),
+            Some(standard_webhooks_signature(&key, sent, 1, b"{}").as_str())
+        );
+        // Non-ASCII stays as it is, as before.
+        let h = signed_headers(&ep, &HeaderPrefix::default(), "é", "lead.create", b"{}", 1);
+        assert_eq!(h["webhook-id"].as_bytes(), "é".as_bytes());
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl From<AdminError> for ApiError {
                 tracing::warn!(error = %e, "admin API: database query failed");
                 ApiError::unreachable()
             }
-            AdminError::Sign { .. } | AdminError::Http(_) => {
+            AdminError::Http(_) => {
                 tracing::error!(error = %e, "admin API");
                 ApiError::Internal
             }
