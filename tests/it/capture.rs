@@ -1,15 +1,13 @@
 //! Capture end to end against a real PostgreSQL: row changes on mapped tables
 //! become events in the ledger with the bodies of SPEC §4.
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{self, CRM_OBJECTS, CRM_TABLES, InProcess};
-use common::{fresh_db, wait_until};
+use crate::common::app::{self, CRM_OBJECTS, CRM_TABLES, InProcess};
+use crate::common::{fresh_db, wait_until};
 use serde_json::json;
 
-async fn crm_db(hint: &str) -> (common::TestDb, walhook::config::Config) {
+async fn crm_db(hint: &str) -> (crate::common::TestDb, walhook::config::Config) {
     let db = fresh_db(hint).await;
     db.psql(CRM_TABLES).await;
     let cfg = app::parse(&app::config_text(&db, CRM_OBJECTS, ""));
@@ -435,7 +433,7 @@ async fn postgres_restart_mid_stream_loses_nothing() {
     tokio::task::spawn_blocking(move || c2.create_database("app").unwrap())
         .await
         .unwrap();
-    let db = common::TestDb {
+    let db = crate::common::TestDb {
         name: "app".into(),
         url: cluster.url("app"),
     };

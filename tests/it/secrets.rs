@@ -2,12 +2,10 @@
 //! token in an endpoint URL and the admin token, even at debug level and
 //! while deliveries fail.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{app, fresh_db, wait_until};
+use crate::common::{app, fresh_db, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_debug_logs_of_a_failing_run() {

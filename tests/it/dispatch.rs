@@ -1,15 +1,13 @@
 //! Delivery end to end: real Postgres, walhook, and real HTTP receivers on
 //! 127.0.0.1. Signatures are checked with an independent HMAC computation.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::common::app::{self, InProcess};
+use crate::common::{Behaviour, Receiver, RecordedRequest, Reply, TestDb, fresh_db, wait_until};
 use base64::Engine as _;
-use common::app::{self, InProcess};
-use common::{Behaviour, Receiver, RecordedRequest, Reply, TestDb, fresh_db, wait_until};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

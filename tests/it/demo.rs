@@ -1,14 +1,12 @@
 //! `walhook demo` end to end: the real binary, run to completion and
 //! interrupted with SIGINT midway. Both must leave no cluster behind.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use common::lines::{Lines, LinesEnd};
+use crate::common::lines::{Lines, LinesEnd};
 
 /// The demo promises "well under a minute"; this leaves room for a slow machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);

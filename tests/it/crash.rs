@@ -2,14 +2,12 @@
 //! random moments loses nothing and duplicates nothing, judged against an
 //! independent wal2json slot on the same database.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::app;
-use common::{TestDb, fresh_db, wait_until};
+use crate::common::app;
+use crate::common::{TestDb, fresh_db, wait_until};
 use rand::{Rng, SeedableRng};
 
 const OBJECTS: &str = r#"

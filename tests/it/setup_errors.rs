@@ -1,12 +1,10 @@
 //! `walhook setup` and `walhook run` against real databases: idempotency and
 //! a clear, non-zero exit for each thing an operator can get wrong.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::app::{self, CRM_OBJECTS, CRM_TABLES};
-use common::{fresh_db, wait_until};
+use crate::common::app::{self, CRM_OBJECTS, CRM_TABLES};
+use crate::common::{fresh_db, wait_until};
 
 /// Runs `walhook <args>`, which must fail; its stderr.
 fn fails(config: &std::path::Path, args: &[&str]) -> String {
@@ -135,7 +133,7 @@ async fn unreachable_database_fails_within_connect_timeout() {
         .local_addr()
         .unwrap()
         .port();
-    let db = common::TestDb {
+    let db = crate::common::TestDb {
         name: "nowhere".into(),
         url: format!("postgres://postgres@127.0.0.1:{port}/app"),
     };
@@ -168,7 +166,7 @@ async fn wal_level_not_logical() {
     })
     .await
     .unwrap();
-    let db = common::TestDb {
+    let db = crate::common::TestDb {
         name: "postgres".into(),
         url: cluster.url("postgres"),
     };

@@ -454,5 +454,6 @@ impl AsyncWrite for KillableStream {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+pub mod admin;
 pub mod app;
 pub mod lines;

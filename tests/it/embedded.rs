@@ -1,14 +1,12 @@
 //! The test infrastructure itself: `walhook::devtools::embedded::TempCluster` and the
-//! shared helpers in `tests/common` (fresh databases, the receiver, waits).
-
-mod common;
+//! shared helpers in `tests/it/common` (fresh databases, the receiver, waits).
 
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Behaviour, Receiver, Reply, fresh_db, wait_until};
+use crate::common::{Behaviour, Receiver, Reply, fresh_db, wait_until};
 use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -54,7 +52,7 @@ fn process_euid(pid: u32) -> u32 {
 
 #[test]
 fn shared_cluster_is_configured_for_logical_replication() {
-    let cluster = common::cluster();
+    let cluster = crate::common::cluster();
     assert_eq!(
         cluster.psql("postgres", "SHOW wal_level").unwrap(),
         "logical"
@@ -122,7 +120,7 @@ fn shared_cluster_is_configured_for_logical_replication() {
 
 #[test]
 fn psql_reports_sql_errors() {
-    let err = common::cluster()
+    let err = crate::common::cluster()
         .psql("postgres", "SELECT * FROM no_such_table")
         .unwrap_err();
     assert!(err.to_string().contains("no_such_table"), "{err}");
@@ -210,7 +208,7 @@ async fn hard_kill_of_the_owner_cleans_up() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "hard_kill_of_the_owner_cleans_up",
+            "embedded::hard_kill_of_the_owner_cleans_up",
             "--nocapture",
             "--test-threads=1",
         ])

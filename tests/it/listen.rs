@@ -2,12 +2,10 @@
 //! signing code verify, wrongly signed or unsigned ones do not, and no secret
 //! ever appears in what it prints.
 
-mod common;
-
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::lines::Lines;
+use crate::common::lines::Lines;
 
 use walhook::config::{EndpointConfig, Secret, SigningScheme};
 use walhook::dispatch::sign;
