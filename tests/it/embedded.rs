@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Behaviour, Receiver, Reply, fresh_db, wait_until};
+use crate::common::{self, Behaviour, Receiver, Reply, fresh_db, wait_until};
 use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -52,7 +52,7 @@ fn process_euid(pid: u32) -> u32 {
 
 #[test]
 fn shared_cluster_is_configured_for_logical_replication() {
-    let cluster = crate::common::cluster();
+    let cluster = common::cluster();
     assert_eq!(
         cluster.psql("postgres", "SHOW wal_level").unwrap(),
         "logical"
@@ -61,7 +61,7 @@ fn shared_cluster_is_configured_for_logical_replication() {
         cluster
             .psql("postgres", "SHOW max_replication_slots")
             .unwrap(),
-        "20"
+        common::SHARED_MAX_SLOTS.to_string()
     );
     assert_eq!(
         cluster.psql("postgres", "SHOW listen_addresses").unwrap(),
@@ -120,7 +120,7 @@ fn shared_cluster_is_configured_for_logical_replication() {
 
 #[test]
 fn psql_reports_sql_errors() {
-    let err = crate::common::cluster()
+    let err = common::cluster()
         .psql("postgres", "SELECT * FROM no_such_table")
         .unwrap_err();
     assert!(err.to_string().contains("no_such_table"), "{err}");

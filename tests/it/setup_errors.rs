@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::app::{self, CRM_OBJECTS, CRM_TABLES};
-use crate::common::{fresh_db, wait_until};
+use crate::common::{self, fresh_db, wait_until};
+use walhook::devtools::embedded::ClusterOptions;
 
 /// Runs `walhook <args>`, which must fail; its stderr.
 fn fails(config: &std::path::Path, args: &[&str]) -> String {
@@ -133,10 +134,10 @@ async fn unreachable_database_fails_within_connect_timeout() {
         .local_addr()
         .unwrap()
         .port();
-    let db = crate::common::TestDb {
-        name: "nowhere".into(),
-        url: format!("postgres://postgres@127.0.0.1:{port}/app"),
-    };
+    let db = common::TestDb::elsewhere(
+        "nowhere",
+        format!("postgres://postgres@127.0.0.1:{port}/app"),
+    );
     let text = app::config_text(&db, CRM_OBJECTS, "")
         .replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
     let (_d, path) = app::write_config(&text);
@@ -158,18 +159,8 @@ async fn run_before_setup_says_to_run_setup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        walhook::devtools::embedded::TempCluster::start_with(
-            walhook::devtools::embedded::ClusterOptions::new().conf("wal_level = replica"),
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    let db = crate::common::TestDb {
-        name: "postgres".into(),
-        url: cluster.url("postgres"),
-    };
+    let cluster = common::private_cluster(ClusterOptions::new().conf("wal_level = replica")).await;
+    let db = common::fresh_db_on(&cluster, "wal_level").await;
     let client = db.connect().await;
     client.batch_execute(CRM_TABLES).await.unwrap();
     let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));

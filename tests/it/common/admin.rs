@@ -4,8 +4,6 @@
 //! so `bad`'s deliveries end up disabled, and recognisable secrets so tests
 //! can grep every output for them.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
