@@ -445,7 +445,7 @@ async fn readiness_follows_ledger_and_stream() {
     stop.cancel();
 
     // The database is gone: not ready, API answers 503 without internals, health still 200.
-    let port = crate::common::admin::free_port();
+    let port = crate::common::free_port();
     let gone = text.replace(
         &format!("127.0.0.1:{}", s.db.cluster().port()),
         &format!("127.0.0.1:{port}"),

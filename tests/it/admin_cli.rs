@@ -377,7 +377,7 @@ async fn error_paths_are_actionable() {
     fails(c, &["endpoints", "ping", "nope"], "unknown endpoint").await;
 
     // An unreachable database: a clear message, quickly, without the password.
-    let port = crate::common::admin::free_port();
+    let port = crate::common::free_port();
     let text = s
         .text
         .replace(

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::admin::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret, free_port};
+use crate::common::admin::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret};
+use crate::common::free_port;
 use crate::common::wait_until;
 use serde_json::{Value, json};
 

@@ -6,25 +6,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{self, Behaviour, Receiver, Reply, fresh_db, wait_until};
+use crate::common::{self, Behaviour, Receiver, Reply, fresh_db, process_exists, wait_until};
 use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 
 fn port_is_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// True while the process runs. A zombie counts as gone: in a container
-/// whose init does not reap, a stopped postmaster stays one.
-fn process_exists(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// The postmaster removes its pid file (which `pg_ctl stop -w` waits for)

@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::lines::Lines;
+use crate::common::send_signal;
 
 use walhook::config::{EndpointConfig, Secret, SigningScheme};
 use walhook::dispatch::sign;
@@ -78,11 +79,7 @@ impl Listen {
 
     /// SIGINT, then the exit status and the whole output.
     fn stop(mut self) -> (ExitStatus, String) {
-        let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
+        send_signal(self.child.id(), "INT");
         let deadline = Instant::now() + TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

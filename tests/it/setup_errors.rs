@@ -129,11 +129,7 @@ async fn unknown_config_key_is_rejected_with_its_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_fails_within_connect_timeout() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let db = common::TestDb::elsewhere(
         "nowhere",
         format!("postgres://postgres@127.0.0.1:{port}/app"),
@@ -223,21 +219,11 @@ async fn teardown_asks_for_yes_then_drops_slot_and_publication() {
     .await;
     let err = fails(&path, &["teardown", "--yes"]);
     assert!(err.contains("in use"), "{err}");
-    running.kill().unwrap();
-    running.wait().unwrap();
+    app::kill9(&mut running);
     wait_until(
         Duration::from_secs(20),
         "the slot to be released",
-        || async {
-            let r = client
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .ok()?;
-            (!r.get::<_, bool>(0)).then_some(())
-        },
+        || async { (slot_active(&client, &slot).await == Some(false)).then_some(()) },
     )
     .await;
 
