@@ -43,7 +43,8 @@ pub fn cluster() -> &'static Arc<TempCluster> {
 }
 
 /// A cluster of one test's own, for a test that restarts, stops or crashes
-/// the server. It is stopped and removed when the last clone is dropped.
+/// the server or needs other server settings. It is stopped and removed when
+/// the last clone is dropped.
 pub async fn private_cluster(opts: ClusterOptions) -> Arc<TempCluster> {
     tokio::task::spawn_blocking(move || TempCluster::start_with(opts))
         .await
