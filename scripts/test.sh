@@ -5,9 +5,9 @@
 # harness flags: `scripts/test.sh hard_kill -- --nocapture`.
 # Exits with cargo's status.
 #
-# Each test binary's PostgreSQL clusters are stopped and deleted by their
-# watchdogs when the binary exits, even after a crash or Ctrl-C, so there is
-# nothing to clean up here.
+# The integration tests are one binary (tests/it). Its PostgreSQL clusters
+# are stopped and deleted by their watchdogs when it exits, even after a
+# crash or Ctrl-C, so there is nothing to clean up here.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

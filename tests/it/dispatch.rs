@@ -1,20 +1,17 @@
 //! Delivery end to end: real Postgres, walhook, and real HTTP receivers on
 //! 127.0.0.1. Signatures are checked with an independent HMAC computation.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::common::app::{self, InProcess, LEADS, LEADS_OBJECTS};
+use crate::common::{
+    Behaviour, Receiver, RecordedRequest, Reply, TestDb, fresh_db, send_signal, wait_until,
+};
 use base64::Engine as _;
-use common::app::{self, InProcess};
-use common::{Behaviour, Receiver, RecordedRequest, Reply, TestDb, fresh_db, wait_until};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-const LEADS: &str = "CREATE TABLE leads (id text PRIMARY KEY, name text, score int)";
-const OBJECTS: &str = "[[objects]]\ntable = \"leads\"\nslug = \"lead\"\n";
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
@@ -51,7 +48,7 @@ async fn start(
     db.psql(LEADS).await;
     let text = app::config_text(
         &db,
-        OBJECTS,
+        LEADS_OBJECTS,
         &format!("{endpoints}\n{delivery}\n[admin]\nlisten = \"\"\n"),
     );
     let cfg = app::parse(&text);
@@ -416,7 +413,7 @@ disable_after = "4s"
 
     // A manual retry starts a fresh cycle; the receiver has recovered.
     recv.set_behaviour(Behaviour::AlwaysOk);
-    let (_d, path) = app::write_config(&app::config_text(&db, OBJECTS, &eps));
+    let (_d, path) = app::write_config(&app::config_text(&db, LEADS_OBJECTS, &eps));
     let (ok, out, err) = app::run_cli(&path, &["deliveries", "retry", &id.to_string()]);
     assert!(ok, "{out}\n{err}");
     wait_status(&client, "crm", "succeeded", 1, Duration::from_secs(10)).await;
@@ -568,7 +565,7 @@ async fn two_processes_share_the_queue_and_survive_kill_9() {
     let eps = endpoint("crm", &format!("{}h", recv.url()), "");
     let text = app::config_text(
         &db,
-        OBJECTS,
+        LEADS_OBJECTS,
         &format!("{eps}\n[delivery]\nlease = \"5s\"\nmax_in_flight = 16\n[admin]\nlisten = \"\"\n"),
     );
     app::setup(&app::parse(&text)).await;
@@ -604,8 +601,7 @@ async fn two_processes_share_the_queue_and_survive_kill_9() {
         .await
         .unwrap();
     recv.wait_for_requests(320, Duration::from_secs(30)).await;
-    a.kill().unwrap();
-    a.wait().unwrap();
+    app::kill9(&mut a);
     wait_status(&client, "crm", "succeeded", 600, Duration::from_secs(60)).await;
     let ids: std::collections::HashSet<String> = recv
         .requests()
@@ -613,8 +609,7 @@ async fn two_processes_share_the_queue_and_survive_kill_9() {
         .map(|r| r.header("x-superleap-event-id").unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 600, "every event delivered at least once");
-    b.kill().unwrap();
-    b.wait().unwrap();
+    app::kill9(&mut b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +669,11 @@ async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
     db.psql(LEADS).await;
     let eps = endpoint("crm", &format!("{}h", recv.url()), "")
         .replace("timeout = \"1s\"", "timeout = \"5s\"");
-    let text = app::config_text(&db, OBJECTS, &format!("{eps}\n[admin]\nlisten = \"\"\n"));
+    let text = app::config_text(
+        &db,
+        LEADS_OBJECTS,
+        &format!("{eps}\n[admin]\nlisten = \"\"\n"),
+    );
     app::setup(&app::parse(&text)).await;
     let (_dir, path) = app::write_config(&text);
     let client = db.connect().await;
@@ -685,14 +684,7 @@ async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
         .unwrap();
     recv.wait_for_requests(1, Duration::from_secs(20)).await;
     // The attempt is in flight (the receiver answers after 1.5 s): stop now.
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(child.id(), "TERM");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();

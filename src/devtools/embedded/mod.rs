@@ -22,10 +22,16 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod error;
+mod host;
+
+pub use self::error::EmbeddedError;
+use self::error::io_err;
+use self::host::{effective_uid, find_bin_dir, unprivileged_user};
 use crate::pg::quote_ident;
 
 /// Environment variable naming the directory that holds `initdb`, `pg_ctl`
@@ -35,79 +41,12 @@ pub const PG_BIN_ENV: &str = "WALHOOK_PG_BIN";
 /// The superuser `initdb` creates; connections need no password (trust).
 pub const SUPERUSER: &str = "postgres";
 
-/// What the user should do when no PostgreSQL server programs are found.
-const INSTALL_HINT: &str = "install them with `apt-get install postgresql-15` on Debian/Ubuntu \
-     (any PostgreSQL >= 14 server package works elsewhere), or set WALHOOK_PG_BIN to the \
-     directory that holds them";
-
-/// Server programs a cluster cannot run without.
-const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
-
 /// How many fresh ports `start` tries when another process grabbed the free
 /// port between our probe and the server's bind.
 const PORT_ATTEMPTS: usize = 3;
 
 /// Log lines quoted in a start error.
 const LOG_TAIL_LINES: usize = 30;
-
-/// Why a throwaway cluster could not be created, started or used.
-#[derive(Debug, thiserror::Error)]
-pub enum EmbeddedError {
-    /// No directory holds `initdb`, `pg_ctl` and `postgres`.
-    #[error("PostgreSQL server programs (initdb, pg_ctl, postgres) not found ({searched}): {hint}", hint = INSTALL_HINT)]
-    NotInstalled {
-        /// The places that were searched, for the message.
-        searched: String,
-    },
-    /// `WALHOOK_PG_BIN` is set but lacks a server program.
-    #[error("{PG_BIN_ENV}={dir} does not contain `{program}`: {hint}", dir = dir.display(), hint = INSTALL_HINT)]
-    BadPgBin {
-        /// The directory named by the variable.
-        dir: PathBuf,
-        /// The first missing program.
-        program: &'static str,
-    },
-    /// Running as root, and neither `postgres` nor `nobody` exists to run the
-    /// server as (PostgreSQL refuses to run as root).
-    #[error(
-        "running as root but found no unprivileged user (`postgres` or `nobody`) to run PostgreSQL as"
-    )]
-    NoUnprivilegedUser,
-    /// A file-system or process-spawning operation failed.
-    #[error("{context}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A PostgreSQL program ran but reported failure.
-    #[error("`{program}` failed ({status}): {output}")]
-    Command {
-        /// The program and its main arguments.
-        program: String,
-        /// Its exit status.
-        status: ExitStatus,
-        /// What it printed on stderr and stdout.
-        output: String,
-    },
-    /// The server did not come up; `log_tail` is the end of its log.
-    #[error("PostgreSQL did not start: {reason}\n--- last lines of {log} ---\n{log_tail}", log = log.display())]
-    Start {
-        /// `pg_ctl`'s own message.
-        reason: String,
-        /// The server log file.
-        log: PathBuf,
-        /// Its last lines.
-        log_tail: String,
-    },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
-    let context = context.into();
-    move |source| EmbeddedError::Io { context, source }
-}
 
 /// Options for [`TempCluster::start_with`]. The default is what
 /// [`TempCluster::start`] uses.
@@ -571,182 +510,9 @@ fn make_unique_dir() -> Result<PathBuf, EmbeddedError> {
     }
 }
 
-/// Finds the server programs: `WALHOOK_PG_BIN`, then the highest
-/// `/usr/lib/postgresql/<version>/bin`, then `initdb` on `PATH` (symlinks
-/// resolved, so `psql` and `pg_recvlogical` are looked up next to the real one).
-fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
-    if let Some(dir) = std::env::var_os(PG_BIN_ENV).filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        if let Some(program) = SERVER_PROGRAMS
-            .into_iter()
-            .find(|p| !is_executable(&dir.join(p)))
-        {
-            return Err(EmbeddedError::BadPgBin { dir, program });
-        }
-        return Ok(dir);
-    }
-    let versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    if let Some(dir) = highest_version_dir(&versions, has_server_programs) {
-        return Ok(dir);
-    }
-    let from_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("initdb"))
-            .find(|initdb| is_executable(initdb))
-            .and_then(|initdb| std::fs::canonicalize(initdb).ok())
-            .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
-            .filter(|dir| has_server_programs(dir))
-    });
-    from_path.ok_or_else(|| EmbeddedError::NotInstalled {
-        searched: format!("{PG_BIN_ENV} unset, /usr/lib/postgresql/*/bin, PATH"),
-    })
-}
-
-/// Among `<root>/<version>` directories, the `<version>/bin` with the highest
-/// numeric version that passes `usable`.
-fn highest_version_dir(
-    version_dirs: &[PathBuf],
-    usable: impl Fn(&Path) -> bool,
-) -> Option<PathBuf> {
-    let mut candidates: Vec<(Vec<u32>, PathBuf)> = version_dirs
-        .iter()
-        .filter_map(|dir| {
-            let name = dir.file_name()?.to_str()?;
-            let version = name
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
-            Some((version, dir.join("bin")))
-        })
-        .collect();
-    candidates.sort();
-    candidates
-        .into_iter()
-        .rev()
-        .map(|(_, bin)| bin)
-        .find(|bin| usable(bin))
-}
-
-fn has_server_programs(dir: &Path) -> bool {
-    SERVER_PROGRAMS.iter().all(|p| is_executable(&dir.join(p)))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Our effective uid, from `/proc/self/status` (std has no `geteuid`), else
-/// from `id -u`.
-fn effective_uid() -> Result<u32, EmbeddedError> {
-    if let Some(uid) = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .as_deref()
-        .and_then(euid_from_status)
-    {
-        return Ok(uid);
-    }
-    let output = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(io_err("running `id -u`"))?;
-    check("id -u", output)?
-        .trim()
-        .parse()
-        .map_err(|_| EmbeddedError::Io {
-            context: "reading the effective uid".into(),
-            source: std::io::Error::other("`id -u` printed no number"),
-        })
-}
-
-/// The second field of the `Uid:` line (real, effective, saved, fs).
-fn euid_from_status(status: &str) -> Option<u32> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// uid and gid of `postgres`, else `nobody`, from `/etc/passwd`, else `id`.
-fn unprivileged_user() -> Result<(u32, u32), EmbeddedError> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    ["postgres", "nobody"]
-        .into_iter()
-        .find_map(|user| passwd_ids(&passwd, user).or_else(|| ids_from_id_command(user)))
-        .ok_or(EmbeddedError::NoUnprivilegedUser)
-}
-
-fn passwd_ids(passwd: &str, user: &str) -> Option<(u32, u32)> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        if fields.next()? != user {
-            return None;
-        }
-        let _password = fields.next()?;
-        let uid = fields.next()?.parse().ok()?;
-        let gid = fields.next()?.parse().ok()?;
-        Some((uid, gid))
-    })
-}
-
-/// For users that come from NSS (LDAP...) rather than `/etc/passwd`.
-fn ids_from_id_command(user: &str) -> Option<(u32, u32)> {
-    let id = |flag: &str| -> Option<u32> {
-        let output = Command::new("id")
-            .args([flag, user])
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        output.status.success().then_some(())?;
-        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
-    };
-    Some((id("-u")?, id("-g")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn highest_numeric_version_wins_and_unusable_ones_are_skipped() {
-        let dirs: Vec<PathBuf> = ["9.6", "15", "16", "README", "14"]
-            .iter()
-            .map(|v| Path::new("/usr/lib/postgresql").join(v))
-            .collect();
-        assert_eq!(
-            highest_version_dir(&dirs, |_| true),
-            Some(PathBuf::from("/usr/lib/postgresql/16/bin"))
-        );
-        let not_16 = |p: &Path| !p.starts_with("/usr/lib/postgresql/16");
-        assert_eq!(
-            highest_version_dir(&dirs, not_16),
-            Some(PathBuf::from("/usr/lib/postgresql/15/bin"))
-        );
-        assert_eq!(highest_version_dir(&dirs, |_| false), None);
-        // 10 > 9.6 numerically even though "10" < "9.6" as text.
-        let dirs = [PathBuf::from("/x/9.6"), PathBuf::from("/x/10")];
-        assert_eq!(
-            highest_version_dir(&dirs, |_| true),
-            Some(PathBuf::from("/x/10/bin"))
-        );
-    }
-
-    #[test]
-    fn euid_is_the_second_uid_field() {
-        let status = "Name:\tcat\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
-        assert_eq!(euid_from_status(status), Some(0));
-        assert_eq!(euid_from_status("Name:\tcat\n"), None);
-    }
-
-    #[test]
-    fn passwd_lookup_reads_uid_and_gid_of_the_exact_user() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
-                      postgres2:x:7:7::/:/bin/sh\n\
-                      postgres:x:101:104:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n";
-        assert_eq!(passwd_ids(passwd, "postgres"), Some((101, 104)));
-        assert_eq!(passwd_ids(passwd, "nobody"), None);
-        assert_eq!(passwd_ids("broken:x:notanumber:1::/:", "broken"), None);
-    }
 
     #[test]
     fn conf_sets_logical_replication_and_extra_lines_come_last() {
@@ -774,15 +540,5 @@ mod tests {
         assert!(!is_bind_failure(
             "FATAL:  data directory has wrong ownership"
         ));
-    }
-
-    #[test]
-    fn missing_binaries_error_says_what_to_install() {
-        let e = EmbeddedError::NotInstalled {
-            searched: "PATH".into(),
-        };
-        let text = e.to_string();
-        assert!(text.contains("apt-get install postgresql-15"), "{text}");
-        assert!(text.contains("WALHOOK_PG_BIN"), "{text}");
     }
 }

@@ -3,8 +3,6 @@
 //! retry refuses a delivery whose lease is live, and never clears a lease a
 //! dispatcher holds, so a second dispatcher cannot lease it meanwhile.
 
-mod common;
-
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -16,7 +14,7 @@ use walhook::ledger::queue::{AttemptRow, ClaimRequest, NextState};
 use walhook::ledger::{Ledger, NewEvent, schema};
 use walhook::pg::now_unix_ms;
 
-use common::{app, fresh_db};
+use crate::common::{app, fresh_db};
 
 const ROUNDS: usize = 300;
 const ENDPOINT: &str = "crm";
@@ -115,7 +113,7 @@ fn requeued(r: Result<RetryAllOutcome, AdminError>) -> bool {
     r.expect("retry --all-failed").requeued == 1
 }
 
-fn config(db: &common::TestDb) -> Config {
+fn config(db: &crate::common::TestDb) -> Config {
     let rest = format!(
         "[[endpoints]]\nid = \"{ENDPOINT}\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"race-secret\"\n\n[admin]\nlisten = \"\"\n"
     );

@@ -1,19 +1,10 @@
-//! Shared helpers for the integration tests: one throwaway PostgreSQL cluster
-//! per test binary, a fresh database per test, a scriptable HTTP receiver and
-//! deadline-bound waits. Each test file uses them with `mod common;`.
-//!
-//! The cluster lives in a `static` and is never dropped. That is safe: every
-//! [`TempCluster`] has a watchdog process that stops the server and deletes
-//! its directory as soon as the test binary exits, however it exits (normal
-//! end, panic, abort, `kill -9`, Ctrl-C). See `walhook::devtools::embedded`.
+//! A scriptable HTTP receiver: a real server on a loopback port that records
+//! every request and answers as the test says (a status, a hang, a closed
+//! connection).
 
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
-
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -26,109 +17,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use walhook::devtools::embedded::TempCluster;
-
-/// The cluster shared by all tests of this binary, started on first use.
-/// Blocking: from async tests prefer [`fresh_db`], which starts it off the
-/// runtime.
-pub fn cluster() -> &'static TempCluster {
-    static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| TempCluster::start().unwrap_or_else(|e| panic!("test cluster: {e}")))
-}
-
-/// A database of its own for one test, on the shared cluster.
-#[derive(Debug, Clone)]
-pub struct TestDb {
-    /// The database name (unique within the test binary).
-    pub name: String,
-    /// `postgres://postgres@127.0.0.1:PORT/name`.
-    pub url: String,
-}
-
-impl TestDb {
-    /// The shared cluster this database lives on.
-    pub fn cluster(&self) -> &'static TempCluster {
-        cluster()
-    }
-
-    /// Runs an SQL script with `psql` (see `TempCluster::psql`), panicking on
-    /// error; runs off the async runtime.
-    pub async fn psql(&self, sql: &str) -> String {
-        let (name, sql) = (self.name.clone(), sql.to_owned());
-        tokio::task::spawn_blocking(move || cluster().psql(&name, &sql))
-            .await
-            .expect("psql task")
-            .unwrap_or_else(|e| panic!("psql failed: {e}"))
-    }
-
-    /// A tokio-postgres client; its connection runs on a spawned task.
-    pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url));
-        tokio::spawn(async move {
-            // Ends with an error when the server stops, which some tests do.
-            let _ = connection.await;
-        });
-        client
-    }
-}
-
-/// Creates a new, empty database named after `name_hint` plus a counter, so
-/// tests running in parallel never share tables, slots or publications.
-pub async fn fresh_db(name_hint: &str) -> TestDb {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = db_name(name_hint, n);
-    let created = name.clone();
-    let url = tokio::task::spawn_blocking(move || {
-        let cluster = cluster();
-        cluster
-            .create_database(&created)
-            .unwrap_or_else(|e| panic!("creating database {created}: {e}"));
-        cluster.url(&created)
-    })
-    .await
-    .expect("create database task");
-    TestDb { name, url }
-}
-
-/// A lower-case identifier from the hint, short enough for Postgres' 63-byte
-/// limit with the counter appended.
-fn db_name(hint: &str, n: usize) -> String {
-    let cleaned: String = hint
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect();
-    format!("t_{cleaned}_{n}")
-}
-
-/// Polls `f` until it returns `Some`, every 20 ms, and returns the value.
-/// Panics naming `what` when `timeout` passes first (also when a single call
-/// of `f` is still running at the deadline).
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, f()).await {
-            Ok(Some(value)) => return value,
-            Ok(None) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            _ => panic!("timed out after {timeout:?} waiting until {what}"),
-        }
-    }
-}
 
 /// One request as the [`Receiver`] got it.
 #[derive(Debug, Clone)]
@@ -454,5 +342,3 @@ impl AsyncWrite for KillableStream {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
-pub mod app;
-pub mod lines;

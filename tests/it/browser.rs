@@ -7,15 +7,13 @@
 //! Needs `chromium` and `chromedriver` (`scripts/install-deps.sh --browser`).
 //! Without them the test fails, unless `WALHOOK_SKIP_BROWSER=1` is set.
 
-mod admin_support;
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use admin_support::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret, free_port};
-use common::wait_until;
+use crate::common::admin::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret};
+use crate::common::free_port;
+use crate::common::wait_until;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

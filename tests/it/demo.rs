@@ -1,14 +1,13 @@
 //! `walhook demo` end to end: the real binary, run to completion and
 //! interrupted with SIGINT midway. Both must leave no cluster behind.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use common::lines::{Lines, LinesEnd};
+use crate::common::lines::{Lines, LinesEnd};
+use crate::common::{process_exists, send_signal};
 
 /// The demo promises "well under a minute"; this leaves room for a slow machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -100,17 +99,6 @@ fn cluster_of(line: &str) -> (PathBuf, u32) {
     (PathBuf::from(dir), pid)
 }
 
-/// Whether `pid` is a live process (a zombie waiting to be reaped by an
-/// unrelated parent counts as gone).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-    }
-}
-
 fn assert_cleaned_up(dir: &Path, pid: u32, output: &str) {
     assert!(
         !dir.exists(),
@@ -118,7 +106,7 @@ fn assert_cleaned_up(dir: &Path, pid: u32, output: &str) {
         dir.display()
     );
     assert!(
-        !alive(pid),
+        !process_exists(pid),
         "the postmaster (pid {pid}) still runs:\n{output}"
     );
 }
@@ -206,11 +194,7 @@ fn sigint_midway_stops_the_demo_and_cleans_up() {
     // After the first failed attempt the demo waits at least ~0.8s for the
     // retry, so the signal lands while walhook is running.
     demo.wait_for_line("with a failed attempt", |l| l.contains("500 failed"));
-    let sent = Command::new("kill")
-        .args(["-INT", &demo.pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
+    send_signal(demo.pid, "INT");
     let status = demo.wait(Duration::from_secs(30));
     let out = demo.output();
     assert_eq!(status.code(), Some(130), "{out}");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::free_port;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,11 +169,6 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
 }
 
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn refused_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn headers() -> HeaderMap {
@@ -384,7 +380,7 @@ async fn connection_closed_mid_request_is_a_failure() {
 async fn refused_port_is_a_connect_failure_without_credentials() {
     let url: url::Url = format!(
         "http://user:s3cr3t-pass@127.0.0.1:{}/hook?token=qq",
-        refused_port()
+        free_port()
     )
     .parse()
     .unwrap();

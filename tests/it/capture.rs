@@ -1,13 +1,12 @@
 //! Capture end to end against a real PostgreSQL: row changes on mapped tables
 //! become events in the ledger with the bodies of SPEC §4.
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{self, CRM_OBJECTS, CRM_TABLES, InProcess};
-use common::{fresh_db, wait_until};
+use crate::common::app::{self, CRM_OBJECTS, CRM_TABLES, InProcess};
+use crate::common::{self, fresh_db, wait_until};
 use serde_json::json;
+use walhook::devtools::embedded::ClusterOptions;
 
 async fn crm_db(hint: &str) -> (common::TestDb, walhook::config::Config) {
     let db = fresh_db(hint).await;
@@ -426,19 +425,8 @@ async fn large_transaction_is_written_in_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_stream_loses_nothing() {
     // A cluster of its own: restarting the shared one would disturb other tests.
-    let cluster =
-        tokio::task::spawn_blocking(|| walhook::devtools::embedded::TempCluster::start().unwrap())
-            .await
-            .unwrap();
-    let cluster = std::sync::Arc::new(cluster);
-    let c2 = cluster.clone();
-    tokio::task::spawn_blocking(move || c2.create_database("app").unwrap())
-        .await
-        .unwrap();
-    let db = common::TestDb {
-        name: "app".into(),
-        url: cluster.url("app"),
-    };
+    let cluster = common::private_cluster(ClusterOptions::new()).await;
+    let db = common::fresh_db_on(&cluster, "restart").await;
     let client = db.connect().await;
     client.batch_execute(CRM_TABLES).await.unwrap();
     let cfg = app::parse(&app::config_text(&db, CRM_OBJECTS, ""));

@@ -2,15 +2,12 @@
 //! mirrors the CLI, `/metrics` moving as deliveries happen, `/readyz`, and
 //! that no secret is in any response.
 
-mod admin_support;
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use admin_support::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret};
-use common::app;
-use common::wait_until;
+use crate::common::admin::{ADMIN_TOKEN, BAD_BODY, Options, Scenario, assert_no_secret};
+use crate::common::app;
+use crate::common::wait_until;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -448,7 +445,7 @@ async fn readiness_follows_ledger_and_stream() {
     stop.cancel();
 
     // The database is gone: not ready, API answers 503 without internals, health still 200.
-    let port = admin_support::free_port();
+    let port = crate::common::free_port();
     let gone = text.replace(
         &format!("127.0.0.1:{}", s.db.cluster().port()),
         &format!("127.0.0.1:{port}"),

@@ -2,12 +2,10 @@
 //! token in an endpoint URL and the admin token, even at debug level and
 //! while deliveries fail.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{app, fresh_db, wait_until};
+use crate::common::{app, free_port, fresh_db, send_signal, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_debug_logs_of_a_failing_run() {
@@ -16,16 +14,8 @@ async fn no_secret_in_debug_logs_of_a_failing_run() {
         .await;
     // The test cluster trusts loopback, so the password is accepted and unused.
     let url = db.url.replace("postgres@", "postgres:DbPassSECRET1@");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
+    let admin_port = free_port();
     let text = app::config_text(
         &db,
         "[[objects]]\ntable = \"leads\"\nslug = \"lead\"\n",
@@ -80,14 +70,7 @@ token = "AdminSECRET5"
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     if std::env::var_os("WALHOOK_SHOW_LOG").is_some() {

@@ -2,14 +2,11 @@
 //! PostgreSQL with real deliveries (`status`, `deliveries`, `endpoints`,
 //! `check`), their error paths, and that no secret reaches their output.
 
-mod admin_support;
-mod common;
-
 use std::time::Duration;
 
-use admin_support::{BAD_BODY, ENDPOINT_SECRET, Options, Scenario, assert_no_secret, cli};
-use common::app;
-use common::wait_until;
+use crate::common::admin::{BAD_BODY, ENDPOINT_SECRET, Options, Scenario, assert_no_secret, cli};
+use crate::common::app;
+use crate::common::wait_until;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -380,7 +377,7 @@ async fn error_paths_are_actionable() {
     fails(c, &["endpoints", "ping", "nope"], "unknown endpoint").await;
 
     // An unreachable database: a clear message, quickly, without the password.
-    let port = admin_support::free_port();
+    let port = crate::common::free_port();
     let text = s
         .text
         .replace(

@@ -2,12 +2,11 @@
 //! signing code verify, wrongly signed or unsigned ones do not, and no secret
 //! ever appears in what it prints.
 
-mod common;
-
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::lines::Lines;
+use crate::common::lines::Lines;
+use crate::common::send_signal;
 
 use reqwest::header::HeaderMap;
 use walhook::config::{EndpointConfig, EndpointSecrets, HeaderPrefix, Secret, SigningScheme};
@@ -81,11 +80,7 @@ impl Listen {
 
     /// SIGINT, then the exit status and the whole output.
     fn stop(mut self) -> (ExitStatus, String) {
-        let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
+        send_signal(self.child.id(), "INT");
         let deadline = Instant::now() + TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

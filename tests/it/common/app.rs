@@ -32,6 +32,12 @@ connect_timeout = "5s"
     )
 }
 
+/// One table for tests that need a single mapped one; see [`LEADS_OBJECTS`].
+pub const LEADS: &str = "CREATE TABLE leads (id text PRIMARY KEY, name text, score int)";
+
+/// [`LEADS`] mapped as object `lead`.
+pub const LEADS_OBJECTS: &str = "[[objects]]\ntable = \"leads\"\nslug = \"lead\"\n";
+
 /// The four CRM objects of the SPEC, with `users.password_hash` excluded.
 pub const CRM_OBJECTS: &str = r#"
 [[objects]]
@@ -153,6 +159,12 @@ pub fn spawn_run(config: &std::path::Path, args: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn walhook run")
+}
+
+/// Kills `child` with SIGKILL (a crash: no cleanup runs) and reaps it.
+pub fn kill9(child: &mut Child) {
+    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    child.wait().expect("reap");
 }
 
 /// Events in the ledger, in capture order: (name, record_key, body).

@@ -4,16 +4,14 @@
 //! so `bad`'s deliveries end up disabled, and recognisable secrets so tests
 //! can grep every output for them.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::common::app::{self, InProcess};
-use crate::common::{Behaviour, Receiver, Reply, TestDb, fresh_db, wait_until};
+use crate::common::app::{self, InProcess, LEADS, LEADS_OBJECTS};
+use crate::common::{Behaviour, Receiver, Reply, TestDb, free_port, fresh_db, wait_until};
 
 pub const ENDPOINT_SECRET: &str = "EPSECRET-2f9c4a7d1e";
 pub const ADMIN_TOKEN: &str = "ADMTOKEN-8b3e6f0c5a";
@@ -25,9 +23,6 @@ pub const SECRETS: [&str; 4] = [ENDPOINT_SECRET, ADMIN_TOKEN, DB_PASSWORD, URL_K
 
 /// What the `bad` receiver answers: untrusted markup the page must escape.
 pub const BAD_BODY: &str = "<img src=x onerror=alert(1)><b>nope</b>";
-
-pub const LEADS: &str = "CREATE TABLE leads (id text PRIMARY KEY, name text, score int)";
-const OBJECTS: &str = "[[objects]]\ntable = \"leads\"\nslug = \"lead\"\n";
 
 /// Retries fast, then gives up after 2 s (the three-day rule in seconds).
 const FAST_RETRY: &str = r#"
@@ -48,14 +43,6 @@ pub fn assert_no_secret(what: &str, text: &str) {
     for s in SECRETS {
         assert!(!text.contains(s), "{what} contains the secret {s}:\n{text}");
     }
-}
-
-/// A port that was free a moment ago, for `admin.listen` of an in-process run.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 pub struct Scenario {
@@ -99,7 +86,7 @@ pub fn config(db: &TestDb, ok: &Receiver, bad: &Receiver, admin: &str) -> String
     );
     app::config_text(
         db,
-        OBJECTS,
+        LEADS_OBJECTS,
         &format!("{endpoints}\n{FAST_RETRY}\n{admin}\n"),
     )
     .replace(&db.url, &url_with_password)

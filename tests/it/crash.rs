@@ -2,26 +2,12 @@
 //! random moments loses nothing and duplicates nothing, judged against an
 //! independent wal2json slot on the same database.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::app;
-use common::{TestDb, fresh_db, wait_until};
+use crate::common::app::{self, LEADS, LEADS_OBJECTS};
+use crate::common::{TestDb, fresh_db, wait_until};
 use rand::{Rng, SeedableRng};
-
-const OBJECTS: &str = r#"
-[[objects]]
-table = "public.leads"
-slug = "lead"
-"#;
-
-fn kill9(child: &mut Child) {
-    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-    child.wait().expect("reap");
-}
 
 async fn current_lsn(client: &tokio_postgres::Client) -> String {
     client
@@ -122,9 +108,8 @@ async fn workload(db: TestDb, total: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let db = fresh_db("crash").await;
-    db.psql("CREATE TABLE leads (id text PRIMARY KEY, name text, score int)")
-        .await;
-    let text = app::config_text(&db, OBJECTS, "[admin]\nlisten = \"\"\n");
+    db.psql(LEADS).await;
+    let text = app::config_text(&db, LEADS_OBJECTS, "[admin]\nlisten = \"\"\n");
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
     let oracle = format!("{}_oracle", db.name);
@@ -152,7 +137,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         if !work.is_finished() {
             kills_mid_workload += 1;
         }
-        kill9(&mut child);
+        app::kill9(&mut child);
         kills += 1;
         child = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
         if work.is_finished() {
@@ -167,13 +152,13 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     // If the workload outran the kills, crash a few more times on the backlog.
     while kills < 5 {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
-        kill9(&mut child);
+        app::kill9(&mut child);
         kills += 1;
         child = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
     }
     let end = current_lsn(&client).await;
     app::wait_slot_confirmed(&client, &db.name, &end, Duration::from_secs(120)).await;
-    kill9(&mut child);
+    app::kill9(&mut child);
 
     let expected = oracle_changes(&client, &oracle).await;
     let got = ledger_changes(&client).await;
@@ -207,9 +192,8 @@ async fn active_pid(client: &tokio_postgres::Client, slot: &str) -> Option<i32> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_within_ten_seconds() {
     let db = fresh_db("standby").await;
-    db.psql("CREATE TABLE leads (id text PRIMARY KEY, name text, score int)")
-        .await;
-    let text = app::config_text(&db, OBJECTS, "[admin]\nlisten = \"\"\n");
+    db.psql(LEADS).await;
+    let text = app::config_text(&db, LEADS_OBJECTS, "[admin]\nlisten = \"\"\n");
     app::setup(&app::parse(&text)).await;
     let (_dir, path) = app::write_config(&text);
     let client = db.connect().await;
@@ -223,7 +207,7 @@ async fn standby_takes_over_within_ten_seconds() {
     // The first process streams; now the standby starts and must wait.
     let mut second = app::spawn_run(&path, &["--no-dispatch", "--no-admin"]);
     let walsender_before = active_pid(&client, &db.name).await.expect("slot active");
-    kill9(&mut first);
+    app::kill9(&mut first);
     let killed_at = Instant::now();
     client
         .execute("INSERT INTO leads (id) VALUES ('after')", &[])
@@ -245,5 +229,5 @@ async fn standby_takes_over_within_ten_seconds() {
         second.try_wait().unwrap().is_none(),
         "the standby is still running"
     );
-    kill9(&mut second);
+    app::kill9(&mut second);
 }

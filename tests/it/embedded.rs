@@ -1,32 +1,18 @@
 //! The test infrastructure itself: `walhook::devtools::embedded::TempCluster` and the
-//! shared helpers in `tests/common` (fresh databases, the receiver, waits).
-
-mod common;
+//! shared helpers in `tests/it/common` (fresh databases, the receiver, waits).
 
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Behaviour, Receiver, Reply, fresh_db, wait_until};
+use crate::common::{self, Behaviour, Receiver, Reply, fresh_db, process_exists, wait_until};
 use walhook::devtools::embedded::{ClusterOptions, TempCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 
 fn port_is_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// True while the process runs. A zombie counts as gone: in a container
-/// whose init does not reap, a stopped postmaster stays one.
-fn process_exists(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// The postmaster removes its pid file (which `pg_ctl stop -w` waits for)
@@ -63,7 +49,7 @@ fn shared_cluster_is_configured_for_logical_replication() {
         cluster
             .psql("postgres", "SHOW max_replication_slots")
             .unwrap(),
-        "20"
+        common::SHARED_MAX_SLOTS.to_string()
     );
     assert_eq!(
         cluster.psql("postgres", "SHOW listen_addresses").unwrap(),
@@ -210,7 +196,7 @@ async fn hard_kill_of_the_owner_cleans_up() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "hard_kill_of_the_owner_cleans_up",
+            "embedded::hard_kill_of_the_owner_cleans_up",
             "--nocapture",
             "--test-threads=1",
         ])

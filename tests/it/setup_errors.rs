@@ -1,12 +1,11 @@
 //! `walhook setup` and `walhook run` against real databases: idempotency and
 //! a clear, non-zero exit for each thing an operator can get wrong.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::app::{self, CRM_OBJECTS, CRM_TABLES};
-use common::{fresh_db, wait_until};
+use crate::common::app::{self, CRM_OBJECTS, CRM_TABLES};
+use crate::common::{self, fresh_db, wait_until};
+use walhook::devtools::embedded::ClusterOptions;
 
 /// Runs `walhook <args>`, which must fail; its stderr.
 fn fails(config: &std::path::Path, args: &[&str]) -> String {
@@ -130,15 +129,11 @@ async fn unknown_config_key_is_rejected_with_its_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_database_fails_within_connect_timeout() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let db = common::TestDb {
-        name: "nowhere".into(),
-        url: format!("postgres://postgres@127.0.0.1:{port}/app"),
-    };
+    let port = common::free_port();
+    let db = common::TestDb::elsewhere(
+        "nowhere",
+        format!("postgres://postgres@127.0.0.1:{port}/app"),
+    );
     let text = app::config_text(&db, CRM_OBJECTS, "")
         .replace("connect_timeout = \"5s\"", "connect_timeout = \"2s\"");
     let (_d, path) = app::write_config(&text);
@@ -160,18 +155,8 @@ async fn run_before_setup_says_to_run_setup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        walhook::devtools::embedded::TempCluster::start_with(
-            walhook::devtools::embedded::ClusterOptions::new().conf("wal_level = replica"),
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    let db = common::TestDb {
-        name: "postgres".into(),
-        url: cluster.url("postgres"),
-    };
+    let cluster = common::private_cluster(ClusterOptions::new().conf("wal_level = replica")).await;
+    let db = common::fresh_db_on(&cluster, "wal_level").await;
     let client = db.connect().await;
     client.batch_execute(CRM_TABLES).await.unwrap();
     let (_d, path) = app::write_config(&app::config_text(&db, CRM_OBJECTS, ""));
@@ -234,21 +219,11 @@ async fn teardown_asks_for_yes_then_drops_slot_and_publication() {
     .await;
     let err = fails(&path, &["teardown", "--yes"]);
     assert!(err.contains("in use"), "{err}");
-    running.kill().unwrap();
-    running.wait().unwrap();
+    app::kill9(&mut running);
     wait_until(
         Duration::from_secs(20),
         "the slot to be released",
-        || async {
-            let r = client
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .ok()?;
-            (!r.get::<_, bool>(0)).then_some(())
-        },
+        || async { (slot_active(&client, &slot).await == Some(false)).then_some(()) },
     )
     .await;
 
