@@ -11,7 +11,7 @@ use crate::config::{Config, ReplicaIdentity};
 use crate::ledger::{self, Ledger};
 use crate::source::setup::{self, SetupError};
 
-use super::render::human_lag;
+use super::human::human_lag;
 use super::reports::{Reports, url_origin};
 
 /// How long one endpoint host name may take to resolve.

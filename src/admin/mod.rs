@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod check;
+pub mod human;
 pub mod ping;
 pub mod render;
 pub mod reports;

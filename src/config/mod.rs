@@ -6,6 +6,7 @@
 //! environment lookups and checks across keys). Every field of [`Config`] is
 //! resolved: env looked up, defaults applied, signing keys decoded.
 
+mod de;
 mod duration;
 mod keys;
 mod parse;

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
+use serde::de::Deserializer;
 
 use super::ConfigError;
+use super::de::checked;
 use super::duration;
 use super::types::{DeliveryConfig, ReplicaIdentity, SigningScheme};
 
@@ -236,52 +237,6 @@ fn redact(message: &str) -> String {
 // ---------------------------------------------------------------------------
 // Single-key checks, run while deserializing so that errors carry the key's
 // path and line. Values named here are never secrets.
-
-/// Deserialize a `T`, then check or convert it; the message becomes the error.
-fn checked<'de, D, T, U>(d: D, check: impl FnOnce(T) -> Result<U, String>) -> Result<U, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    check(T::deserialize(d)?).map_err(de::Error::custom)
-}
-
-fn at_least_one<T: TryFrom<i64>>(n: i64) -> Result<T, String> {
-    T::try_from(n)
-        .ok()
-        .filter(|_| n >= 1)
-        .ok_or_else(|| format!("{n} is out of range; expected at least 1"))
-}
-
-pub(super) fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    checked(d, at_least_one::<usize>)
-}
-
-pub(super) fn positive_u32_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    checked(d, |n: i64| at_least_one::<u32>(n).map(Some))
-}
-
-pub(super) fn multiplier<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(d, |m: f64| {
-        if m.is_finite() && m >= 1.0 {
-            Ok(m)
-        } else {
-            Err(format!("{m} is out of range; expected a number >= 1.0"))
-        }
-    })
-}
-
-pub(super) fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(d, |f: f64| {
-        if (0.0..=1.0).contains(&f) {
-            Ok(f)
-        } else {
-            Err(format!(
-                "{f} is out of range; expected a fraction from 0.0 to 1.0"
-            ))
-        }
-    })
-}
 
 fn source_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked(d, |name: String| {

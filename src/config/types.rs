@@ -9,7 +9,7 @@ use reqwest::header::HeaderName;
 use serde::Deserialize;
 
 use super::keys::EndpointSecrets;
-use super::{duration, parse};
+use super::{de, duration};
 use crate::pg::quote_ident;
 use crate::secret::Secret;
 
@@ -253,7 +253,7 @@ pub struct DeliveryConfig {
     /// Default per-record.
     pub ordering: Ordering,
     /// Default 256.
-    #[serde(deserialize_with = "parse::positive_usize")]
+    #[serde(deserialize_with = "de::positive_usize")]
     pub max_in_flight: usize,
     /// Header name prefix. Default `x-superleap`.
     pub header_prefix: HeaderPrefix,
@@ -291,7 +291,7 @@ pub struct RetryConfig {
     #[serde(deserialize_with = "duration::nonzero")]
     pub initial: Duration,
     /// Default 2.0.
-    #[serde(deserialize_with = "parse::multiplier")]
+    #[serde(deserialize_with = "de::multiplier")]
     pub multiplier: f64,
     /// Default 6h.
     #[serde(deserialize_with = "duration::nonzero")]
@@ -307,14 +307,14 @@ pub struct RetryConfig {
     #[serde(deserialize_with = "duration::nonzero")]
     pub disable_after: Duration,
     /// Fraction of each delay that is randomised (+-). Default 0.2. Range 0..=1.
-    #[serde(deserialize_with = "parse::fraction")]
+    #[serde(deserialize_with = "de::fraction")]
     pub jitter: f64,
     /// A fixed schedule that replaces the exponential part. Default none.
     #[serde(deserialize_with = "duration::schedule")]
     pub schedule: Option<Vec<Duration>>,
     /// With a schedule: attempts after which the delivery is disabled
     /// (default: schedule length + 1, the first attempt plus one per entry).
-    #[serde(deserialize_with = "parse::positive_u32_opt")]
+    #[serde(deserialize_with = "de::positive_u32_opt")]
     pub max_attempts: Option<u32>,
 }
 

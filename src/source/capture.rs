@@ -11,17 +11,18 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent}
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{self, ResolveError};
+use super::error::CaptureError;
+use super::objects;
 use super::policy::{self, Backoff, Policy};
 use super::relations::{RelState, Relations};
 use super::setup;
 use super::writer::{Batch, Writer};
 use crate::config::Config;
-use crate::event::{ChangeContext, EventError, map_change};
-use crate::ledger::{Ledger, LedgerError, NewEvent};
+use crate::event::{ChangeContext, map_change};
+use crate::ledger::{Ledger, NewEvent};
 use crate::metrics::Metrics;
 use crate::pg::{self, ConnectError, Lsn, PG_EPOCH_OFFSET_MICROS, Progress};
-use crate::pgoutput::{self, DecodeError, Message};
+use crate::pgoutput::{self, Message};
 
 /// Session settings for the walsender, so the text of every value has one
 /// known format whatever the database's own settings are.
@@ -48,54 +49,6 @@ const PUBLICATION_RECHECK: Duration = Duration::from_secs(30);
 /// A session that streamed this long was healthy: the next outage starts
 /// again at the first reconnect delay.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
-/// Why a capture session ended.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("replication stream: {0}")]
-    Replication(#[from] pgwire_replication::PgWireError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("catalog lookup: {0}")]
-    Catalog(#[from] pg::DbError),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    #[error(transparent)]
-    Event(#[from] EventError),
-    #[error(transparent)]
-    Objects(#[from] ResolveError),
-    #[error("capture stopped: {0}")]
-    Publication(String),
-    #[error("change for relation {0} arrived before its Relation message")]
-    UnknownRelation(u32),
-    #[error("replication stream ended")]
-    Ended,
-    #[error("the ledger writer stopped")]
-    WriterGone,
-}
-
-impl From<tokio_postgres::Error> for CaptureError {
-    fn from(e: tokio_postgres::Error) -> CaptureError {
-        CaptureError::Catalog(pg::DbError(e))
-    }
-}
-
-impl CaptureError {
-    /// The SQLSTATE, when the server sent one.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            CaptureError::Replication(e) => policy::replication_sqlstate(e),
-            CaptureError::Ledger(e) => e.sqlstate(),
-            CaptureError::Connect(e) => e.sqlstate(),
-            CaptureError::Catalog(e) => e.sqlstate(),
-            CaptureError::Objects(ResolveError::Catalog(e)) => e.sqlstate(),
-            CaptureError::Objects(ResolveError::Ledger(e)) => e.sqlstate(),
-            _ => None,
-        }
-    }
-}
 
 /// The replication connection settings for this config.
 pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, ConnectError> {

@@ -5,6 +5,7 @@
 
 pub mod align;
 pub mod capture;
+pub mod error;
 pub mod objects;
 pub mod policy;
 pub mod relations;

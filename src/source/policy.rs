@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::capture::CaptureError;
+use super::error::CaptureError;
 use super::objects::ResolveError;
 
 /// The error policy for one failed capture session.
@@ -69,21 +69,6 @@ fn by_sqlstate(code: &str) -> Policy {
     Policy::Operator { hint }
 }
 
-/// The SQLSTATE inside a replication error: pgwire-replication hands server
-/// errors over as text shaped `message (SQLSTATE XXXXX)`.
-pub fn replication_sqlstate(e: &pgwire_replication::PgWireError) -> Option<&str> {
-    let text = match e {
-        pgwire_replication::PgWireError::Server(text)
-        | pgwire_replication::PgWireError::Auth(text) => text.as_str(),
-        _ => return None,
-    };
-    let at = text.rfind("SQLSTATE ")? + "SQLSTATE ".len();
-    let code = text.get(at..at + 5)?;
-    code.bytes()
-        .all(|b| b.is_ascii_alphanumeric())
-        .then_some(code)
-}
-
 /// Backoff state across sessions: doubles after each failure, back to the
 /// first delay once a session has streamed for a while.
 #[derive(Debug, Clone, Copy)]
@@ -122,23 +107,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwire_replication::PgWireError;
-
-    #[test]
-    fn sqlstates_are_read_from_replication_errors() {
-        let e = PgWireError::Server(
-            "replication slot \"walhook\" is active for PID 4242 (SQLSTATE 55006)".into(),
-        );
-        assert_eq!(replication_sqlstate(&e), Some("55006"));
-        assert_eq!(
-            replication_sqlstate(&PgWireError::Server("no code here".into())),
-            None
-        );
-        assert_eq!(
-            replication_sqlstate(&PgWireError::Protocol("x (SQLSTATE 55006)".into())),
-            None
-        );
-    }
 
     #[test]
     fn codes_map_to_policies() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
-use super::capture::CaptureError;
+use super::error::CaptureError;
 use crate::ledger::{Appended, Ledger, LedgerError, NewEvent};
 use crate::metrics::Metrics;
 use crate::pg::Lsn;
