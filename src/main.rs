@@ -250,17 +250,9 @@ fn load_config(path: &std::path::Path) -> Result<Config> {
 }
 
 async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
+    let path = cli.config;
     match cli.command {
-        Command::Demo => {
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone())?;
-            let printer = walhook::devtools::listen::Printer::stdout();
-            match walhook::devtools::demo::run(printer, shutdown).await? {
-                walhook::devtools::demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
-                // The shell convention for "ended by SIGINT".
-                walhook::devtools::demo::Outcome::Interrupted => Ok(ExitCode::from(130)),
-            }
-        }
+        Command::Demo => demo().await,
         Command::Listen {
             port,
             secrets,
@@ -268,8 +260,6 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             standard_webhooks,
             status,
         } => {
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone())?;
             let opts = walhook::devtools::listen::ListenOptions {
                 port,
                 secrets,
@@ -277,111 +267,127 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
                 standard_webhooks,
                 status,
             };
-            walhook::devtools::listen::run(
-                opts,
-                walhook::devtools::listen::Printer::stdout(),
-                shutdown,
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
+            listen(opts).await
         }
-        Command::Setup { print_sql } => {
-            let cfg = load_config(&cli.config)?;
-            if print_sql {
-                for stmt in setup::plan_sql(&cfg) {
-                    println!("{stmt}");
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let client = walhook::pg::connect_within(
-                &cfg.source.url,
-                "walhook setup",
-                cfg.source.connect_timeout,
-            )
-            .await
-            .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running)")?;
-            let steps = setup::run(&client, &cfg).await?;
-            let changed = steps.iter().filter(|s| s.changed).count();
-            for s in &steps {
-                println!("{} {}", if s.changed { "+" } else { "=" }, s.what);
-            }
-            if changed == 0 {
-                println!("nothing to change: walhook is already set up");
-            } else {
-                println!("setup done: {changed} change(s)");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Setup { print_sql } => setup(&load_config(&path)?, print_sql).await,
         Command::Run {
             no_capture,
             no_dispatch,
             no_admin,
         } => {
-            let cfg = Arc::new(load_config(&cli.config)?);
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone())?;
             let roles = walhook::Roles {
                 capture: !no_capture,
                 dispatch: !no_dispatch,
                 admin: !no_admin,
             };
-            walhook::run(cfg, roles, shutdown).await?;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
+            run(load_config(&path)?, roles).await
         }
-        Command::Check { json } => {
-            let report = match Config::load(&cli.config) {
-                Ok(cfg) => check::run(&cfg, &cli.config.display().to_string()).await,
-                Err(e) => check::CheckReport::config_error(&e.to_string()),
-            };
-            print_out(json, &report, render::checks)?;
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Check { json } => check(&path, json).await,
         Command::Status { json } => {
-            let cfg = load_config(&cli.config)?;
+            let cfg = load_config(&path)?;
             let client = admin_connect(&cfg).await?;
             let status = reports::Reports::new(&cfg).status(&client).await?;
             print_out(json, &status, render::status)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Deliveries { command } => {
-            let cfg = load_config(&cli.config)?;
-            deliveries_command(&cfg, command).await
-        }
-        Command::Endpoints { command } => {
-            let cfg = load_config(&cli.config)?;
-            endpoints_command(&cfg, command).await
-        }
+        Command::Deliveries { command } => deliveries_command(&load_config(&path)?, command).await,
+        Command::Endpoints { command } => endpoints_command(&load_config(&path)?, command).await,
         Command::Teardown { drop_ledger, yes } => {
-            let cfg = load_config(&cli.config)?;
-            if !yes {
-                bail!(
-                    "teardown drops the replication slot {} and publication {}{}; run again with --yes to confirm",
-                    cfg.source.slot,
-                    cfg.source.publication,
-                    if drop_ledger {
-                        " and the whole ledger"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            let client = walhook::pg::connect_within(
-                &cfg.source.url,
-                "walhook teardown",
-                cfg.source.connect_timeout,
-            )
-            .await?;
-            for line in walhook::source::teardown::run(&client, &cfg, drop_ledger).await? {
-                println!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
+            teardown(&load_config(&path)?, drop_ledger, yes).await
         }
     }
+}
+
+async fn demo() -> Result<ExitCode> {
+    use walhook::devtools::{demo, listen};
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    match demo::run(listen::Printer::stdout(), shutdown).await? {
+        demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
+        // The shell convention for "ended by SIGINT".
+        demo::Outcome::Interrupted => Ok(ExitCode::from(130)),
+    }
+}
+
+async fn listen(opts: walhook::devtools::listen::ListenOptions) -> Result<ExitCode> {
+    use walhook::devtools::listen;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    listen::run(opts, listen::Printer::stdout(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn setup(cfg: &Config, print_sql: bool) -> Result<ExitCode> {
+    if print_sql {
+        for stmt in setup::plan_sql(cfg) {
+            println!("{stmt}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = walhook::pg::connect_within(
+        &cfg.source.url,
+        "walhook setup",
+        cfg.source.connect_timeout,
+    )
+    .await
+    .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running)")?;
+    let steps = setup::run(&client, cfg).await?;
+    let changed = steps.iter().filter(|s| s.changed).count();
+    for s in &steps {
+        println!("{} {}", if s.changed { "+" } else { "=" }, s.what);
+    }
+    if changed == 0 {
+        println!("nothing to change: walhook is already set up");
+    } else {
+        println!("setup done: {changed} change(s)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(cfg: Config, roles: walhook::Roles) -> Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    walhook::run(Arc::new(cfg), roles, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(path: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let report = match Config::load(path) {
+        Ok(cfg) => check::run(&cfg, &path.display().to_string()).await,
+        Err(e) => check::CheckReport::config_error(&e.to_string()),
+    };
+    print_out(json, &report, render::checks)?;
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn teardown(cfg: &Config, drop_ledger: bool, yes: bool) -> Result<ExitCode> {
+    if !yes {
+        let ledger = if drop_ledger {
+            " and the whole ledger"
+        } else {
+            ""
+        };
+        bail!(
+            "teardown drops the replication slot {} and publication {}{ledger}; run again with --yes to confirm",
+            cfg.source.slot,
+            cfg.source.publication,
+        );
+    }
+    let client = walhook::pg::connect_within(
+        &cfg.source.url,
+        "walhook teardown",
+        cfg.source.connect_timeout,
+    )
+    .await?;
+    for line in walhook::source::teardown::run(&client, cfg, drop_ledger).await? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// JSON (pretty, on stdout) or the human rendering.
@@ -436,38 +442,48 @@ async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<
             all_failed,
             endpoint,
             json,
-        } => {
-            let client = admin_connect(cfg).await?;
-            if all_failed {
-                let out = reports
-                    .retry_all_failed(&client, endpoint.as_deref())
-                    .await?;
-                print_out(json, &out, |o| {
-                    format!(
-                        "{} failed deliveries queued again{}\n",
-                        o.requeued,
-                        o.endpoint
-                            .as_deref()
-                            .map(|e| format!(" for endpoint {e}"))
-                            .unwrap_or_default()
-                    )
-                })?;
-            } else {
-                let id = id.context(
-                    "give the id of the delivery to retry (`walhook deliveries list` shows them), or --all-failed [--endpoint E] to re-queue every retrying and disabled delivery",
-                )?;
-                let out = reports.retry(&client, id).await?;
-                print_out(json, &out, |o| {
-                    format!(
-                        "delivery {} ({}) queued again; a running `walhook run` sends it now\n",
-                        o.delivery_id,
-                        o.previous_status.as_str()
-                    )
-                })?;
-            }
-        }
+        } => retry_deliveries(&reports, cfg, id, all_failed, endpoint, json).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn retry_deliveries(
+    reports: &reports::Reports<'_>,
+    cfg: &Config,
+    id: Option<i64>,
+    all_failed: bool,
+    endpoint: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let client = admin_connect(cfg).await?;
+    if all_failed {
+        let out = reports
+            .retry_all_failed(&client, endpoint.as_deref())
+            .await?;
+        print_out(json, &out, |o| {
+            format!(
+                "{} failed deliveries queued again{}\n",
+                o.requeued,
+                o.endpoint
+                    .as_deref()
+                    .map(|e| format!(" for endpoint {e}"))
+                    .unwrap_or_default()
+            )
+        })?;
+    } else {
+        let id = id.context(
+            "give the id of the delivery to retry (`walhook deliveries list` shows them), or --all-failed [--endpoint E] to re-queue every retrying and disabled delivery",
+        )?;
+        let out = reports.retry(&client, id).await?;
+        print_out(json, &out, |o| {
+            format!(
+                "delivery {} ({}) queued again; a running `walhook run` sends it now\n",
+                o.delivery_id,
+                o.previous_status.as_str()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 async fn endpoints_command(cfg: &Config, command: EndpointsCommand) -> Result<ExitCode> {

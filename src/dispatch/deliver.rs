@@ -14,22 +14,17 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EndpointConfig, Ordering};
-use crate::dispatch::http::{self, AttemptRecord, Outcome};
-use crate::dispatch::retry::{self, Decision};
+use crate::dispatch::http::{self, AttemptRecord};
+use crate::dispatch::outcome::{self, BatchOutcomes, Health};
 use crate::dispatch::sign;
-use crate::event::system;
-use crate::ledger::queue::{AttemptRow, ClaimRequest, Claimed, NextState};
-use crate::ledger::{Ledger, LedgerError, NewEvent};
+use crate::ledger::queue::{ClaimRequest, Claimed, NextState};
+use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::pg::{self, unix_ms};
 
 /// How long the loop sleeps at most when nothing is due and nothing woke it
 /// (a safety net: wake-ups come from NOTIFY and the in-process signal).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-
-/// How often successes are written to the endpoints' health even when this
-/// process saw no failure (another process may have).
-const HEALTH_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -82,6 +77,45 @@ struct Done {
     headers: HeaderMap,
 }
 
+/// Concurrency: `max` attempts at once, and each endpoint a fair share of
+/// them, so one that hangs until its timeout cannot hold back the others.
+struct Slots {
+    max: usize,
+    per_endpoint: usize,
+    used: HashMap<String, usize>,
+}
+
+impl Slots {
+    fn new(max: usize, endpoints: &[String]) -> Slots {
+        Slots {
+            max,
+            per_endpoint: (max / endpoints.len().max(1)).max(1),
+            used: HashMap::new(),
+        }
+    }
+
+    /// How many more each of `endpoints` may have in flight.
+    fn limits(&self, endpoints: &[String]) -> Vec<i64> {
+        endpoints
+            .iter()
+            .map(|id| {
+                let used = self.used.get(id).copied().unwrap_or(0);
+                self.per_endpoint.saturating_sub(used) as i64
+            })
+            .collect()
+    }
+
+    fn take(&mut self, endpoint: &str) {
+        *self.used.entry(endpoint.to_string()).or_default() += 1;
+    }
+
+    fn release(&mut self, endpoint: &str) {
+        if let Some(n) = self.used.get_mut(endpoint) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 struct Dispatcher<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
@@ -91,12 +125,7 @@ struct Dispatcher<'a> {
     db: Client,
     endpoints: HashMap<String, EndpointConfig>,
     endpoint_ids: Vec<String>,
-    /// Endpoints whose failing clock may be running in the ledger: only
-    /// their successes need a write to stop it. All of them at start and
-    /// again every `HEALTH_REFRESH`, since another process may have started
-    /// the clock meanwhile.
-    maybe_failing: std::collections::HashSet<String>,
-    health_refreshed: tokio::time::Instant,
+    health: Health,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -133,8 +162,7 @@ impl<'a> Dispatcher<'a> {
                 .iter()
                 .map(|e| (e.id.clone(), e.clone()))
                 .collect(),
-            maybe_failing: endpoint_ids.iter().cloned().collect(),
-            health_refreshed: tokio::time::Instant::now(),
+            health: Health::new(cfg),
             endpoint_ids,
         };
         let result = d.run_loop(&wake, shutdown).await;
@@ -148,11 +176,7 @@ impl<'a> Dispatcher<'a> {
         shutdown: &CancellationToken,
     ) -> Result<(), DispatchError> {
         let max = self.cfg.delivery.max_in_flight;
-        let per_record = self.cfg.delivery.ordering == Ordering::PerRecord;
-        // Each endpoint gets a fair share of the slots, so one that hangs
-        // until its timeout cannot hold back the others.
-        let per_endpoint = (max / self.endpoint_ids.len().max(1)).max(1);
-        let mut by_endpoint: HashMap<String, usize> = HashMap::new();
+        let mut slots = Slots::new(max, &self.endpoint_ids);
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut done: Vec<Done> = Vec::new();
         loop {
@@ -160,55 +184,19 @@ impl<'a> Dispatcher<'a> {
                 // Graceful stop: no new attempts; those in flight finish
                 // within their own timeout and are recorded.
                 while let Some(r) = inflight.join_next().await {
-                    if let Ok(d) = r {
-                        done.push(d);
-                    }
+                    done.extend(r.ok());
                 }
                 self.record(&mut done).await?;
                 return Ok(());
             }
-            let free = max.saturating_sub(inflight.len());
-            let mut claimed_any = false;
-            if free > 0 {
-                let limits: Vec<i64> = self
-                    .endpoint_ids
-                    .iter()
-                    .map(|id| {
-                        let used = by_endpoint.get(id).copied().unwrap_or(0);
-                        per_endpoint.saturating_sub(used) as i64
-                    })
-                    .collect();
-                let claimed = self
-                    .ledger
-                    .claim(
-                        &self.db,
-                        self.owner,
-                        &ClaimRequest {
-                            endpoints: &self.endpoint_ids,
-                            limits: &limits,
-                            total: free as i64,
-                            lease: self.cfg.delivery.lease,
-                            per_record,
-                        },
-                    )
-                    .await?;
-                claimed_any = !claimed.is_empty();
-                for c in claimed {
-                    *by_endpoint.entry(c.endpoint_id.clone()).or_default() += 1;
-                    self.spawn(&mut inflight, c);
-                }
-            }
-            // Collect whatever has finished, then record it in one transaction.
+            let claimed_any = self.claim(&mut slots, &mut inflight).await?;
+            // Collect whatever has finished, then record it in one statement.
             while let Some(r) = inflight.try_join_next() {
-                if let Ok(d) = r {
-                    done.push(d);
-                }
+                done.extend(r.ok());
             }
             if !done.is_empty() {
                 for d in &done {
-                    if let Some(n) = by_endpoint.get_mut(&d.claimed.endpoint_id) {
-                        *n = n.saturating_sub(1);
-                    }
+                    slots.release(&d.claimed.endpoint_id);
                 }
                 self.record(&mut done).await?;
                 continue;
@@ -231,6 +219,40 @@ impl<'a> Dispatcher<'a> {
                 _ = tokio::time::sleep(idle) => {}
             }
         }
+    }
+
+    /// Lease what is due, within the free slots, and start each attempt.
+    /// Returns whether anything was claimed.
+    async fn claim(
+        &mut self,
+        slots: &mut Slots,
+        inflight: &mut JoinSet<Done>,
+    ) -> Result<bool, DispatchError> {
+        let free = slots.max.saturating_sub(inflight.len());
+        if free == 0 {
+            return Ok(false);
+        }
+        let limits = slots.limits(&self.endpoint_ids);
+        let claimed = self
+            .ledger
+            .claim(
+                &self.db,
+                self.owner,
+                &ClaimRequest {
+                    endpoints: &self.endpoint_ids,
+                    limits: &limits,
+                    total: free as i64,
+                    lease: self.cfg.delivery.lease,
+                    per_record: self.cfg.delivery.ordering == Ordering::PerRecord,
+                },
+            )
+            .await?;
+        let any = !claimed.is_empty();
+        for c in claimed {
+            slots.take(&c.endpoint_id);
+            self.spawn(inflight, c);
+        }
+        Ok(any)
     }
 
     /// How long to sleep when nothing is in flight: until the next retry is
@@ -277,143 +299,39 @@ impl<'a> Dispatcher<'a> {
         }
         let now_ms = unix_ms(SystemTime::now());
         let mut rows = Vec::with_capacity(done.len());
-        let mut ok_eps: Vec<String> = Vec::new();
-        let mut failed_eps: Vec<String> = Vec::new();
-        let mut gone: Vec<String> = Vec::new();
-        for d in done.iter() {
-            let ep = &d.claimed.endpoint_id;
-            let outcome = &d.record.outcome;
-            let next = if let Some(failure) = d.record.failure() {
-                if !failed_eps.contains(ep) {
-                    failed_eps.push(ep.clone());
-                }
-                if matches!(outcome, Outcome::Status(410)) && !gone.contains(ep) {
-                    gone.push(ep.clone());
-                }
-                match retry::after_failure(
-                    &self.cfg.delivery.retry,
-                    d.claimed.cycle_started_unix_ms,
-                    (d.claimed.cycle_attempts + 1) as u32,
-                    now_ms,
-                    &failure,
-                    rand::random::<f64>(),
-                ) {
-                    Decision::RetryAt(at) => NextState::RetryAt(at),
-                    Decision::Disable => NextState::Disabled,
-                }
-            } else {
-                if !ok_eps.contains(ep) {
-                    ok_eps.push(ep.clone());
-                }
-                NextState::Succeeded
-            };
+        let mut batch = BatchOutcomes::default();
+        for d in done.drain(..) {
+            let c = &d.claimed;
+            let next = outcome::next_state(
+                &self.cfg.delivery.retry,
+                &d.record,
+                c.cycle_started_unix_ms,
+                (c.cycle_attempts + 1) as u32,
+                now_ms,
+            );
             tracing::debug!(
-                delivery = d.claimed.delivery_id,
-                endpoint = %ep,
-                event = %d.claimed.event_id,
-                attempt = d.claimed.attempts + 1,
-                outcome = %outcome.message(),
-                ?next,
+                delivery = c.delivery_id, endpoint = %c.endpoint_id, event = %c.event_id,
+                attempt = c.attempts + 1, outcome = %d.record.outcome.message(), ?next,
                 "attempt finished"
             );
-            let outcome_label = match next {
-                NextState::Succeeded => "success",
-                NextState::RetryAt(_) => "failure",
-                NextState::Disabled => "disabled",
-            };
-            self.metrics.delivery_outcome(ep, outcome_label);
-            self.metrics
-                .observe_attempt_seconds(d.record.duration.as_secs_f64());
-            rows.push(AttemptRow {
-                delivery_id: d.claimed.delivery_id,
-                endpoint_id: ep.clone(),
-                started_unix_ms: d.record.started_at_unix_ms,
-                duration_ms: d.record.duration.as_millis().min(i32::MAX as u128) as i32,
-                status_code: outcome.status().map(i32::from),
-                error_kind: (!outcome.is_success()).then(|| outcome.error_kind().to_string()),
-                error: (!outcome.is_success()).then(|| outcome.message()),
-                response_excerpt: d.record.response_excerpt.clone(),
-                request_headers: headers_json(&d.headers),
-                next,
-            });
             if matches!(next, NextState::Disabled) {
-                tracing::warn!(delivery = d.claimed.delivery_id, endpoint = %ep, event = %d.claimed.event_id,
+                tracing::warn!(delivery = c.delivery_id, endpoint = %c.endpoint_id, event = %c.event_id,
                     "delivery disabled after its retry window; retry it with `walhook deliveries retry`");
             }
+            outcome::observe(self.metrics, &c.endpoint_id, &d.record, next);
+            batch.add(&c.endpoint_id, &d.record.outcome);
+            rows.push(outcome::attempt_row(
+                c.delivery_id,
+                &c.endpoint_id,
+                &d.record,
+                &d.headers,
+                next,
+            ));
         }
-        done.clear();
         self.ledger.record(&self.db, self.owner, &rows).await?;
-        for ep in &gone {
-            if self
-                .ledger
-                .set_endpoint_enabled(&self.db, ep, false, Some("the endpoint answered 410 Gone"))
-                .await?
-            {
-                tracing::warn!(endpoint = %ep, "endpoint answered 410 Gone: disabled; enable it again with `walhook endpoints enable`");
-                self.notify_disabled(ep, "410 Gone").await?;
-            }
-        }
-        // Successes of endpoints not known to be failing need no write.
-        if self.health_refreshed.elapsed() >= HEALTH_REFRESH {
-            self.maybe_failing.extend(self.endpoint_ids.iter().cloned());
-            self.health_refreshed = tokio::time::Instant::now();
-        }
-        ok_eps.retain(|ep| self.maybe_failing.contains(ep));
-        let disabled = if ok_eps.is_empty() && failed_eps.is_empty() {
-            Vec::new()
-        } else {
-            self.ledger
-                .endpoint_health(
-                    &self.db,
-                    &ok_eps,
-                    &failed_eps,
-                    self.cfg.delivery.endpoint_disable_after,
-                )
-                .await?
-        };
-        for ep in &ok_eps {
-            self.maybe_failing.remove(ep);
-        }
-        self.maybe_failing.extend(failed_eps.iter().cloned());
-        for ep in disabled {
-            tracing::warn!(endpoint = %ep, "endpoint failed continuously for endpoint_disable_after: disabled");
-            self.notify_disabled(&ep, "failing continuously").await?;
-        }
+        self.health
+            .apply(self.cfg, &self.ledger, &self.db, batch)
+            .await?;
         Ok(())
     }
-
-    /// Send an `endpoint.disabled` event to the notification endpoint, if one
-    /// is configured (and is not the endpoint that was disabled).
-    async fn notify_disabled(&mut self, endpoint: &str, reason: &str) -> Result<(), DispatchError> {
-        let Some(target) = self.cfg.delivery.notify_endpoint.clone() else {
-            return Ok(());
-        };
-        if target == endpoint {
-            return Ok(());
-        }
-        let now_ms = unix_ms(SystemTime::now());
-        let event = system::endpoint_disabled(&self.cfg.source.name, endpoint, reason, now_ms);
-        let ev = NewEvent {
-            event,
-            commit_lsn: crate::pg::Lsn::ZERO,
-            change_index: 0,
-            commit_time_unix_micros: now_ms * 1000,
-            endpoints: vec![target],
-        };
-        self.ledger.append(&mut self.db, &[ev], None).await?;
-        Ok(())
-    }
-}
-
-/// The request headers as a JSON object, for the attempt's ledger row. Every
-/// value was built from a `&str`, so reading it back as UTF-8 loses nothing.
-fn headers_json(headers: &HeaderMap) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = headers
-        .iter()
-        .map(|(name, value)| {
-            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_owned(), serde_json::Value::String(text))
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
 }

@@ -13,5 +13,6 @@
 
 pub mod deliver;
 pub mod http;
+pub mod outcome;
 pub mod retry;
 pub mod sign;

@@ -20,8 +20,8 @@ pub mod schema;
 
 pub use notify::notify_channel;
 
-use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::event::Event;
 use crate::pg::{ConnectError, DbError, Lsn, quote_ident, system_time_from_unix_micros};
@@ -155,56 +155,62 @@ impl Ledger {
         progress: Option<(&str, Lsn)>,
     ) -> Result<Appended, LedgerError> {
         let tx = client.transaction().await?;
-        let mut out = Appended::default();
-        if !events.is_empty() {
-            let n = events.len();
-            let (mut ids, mut names, mut slugs, mut keys) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut lsns, mut idxs, mut times, mut bodies) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut d_ev, mut d_ep) = (Vec::new(), Vec::new());
-            for e in events {
-                ids.push(e.event.id.as_str());
-                names.push(e.event.name.as_str());
-                slugs.push(e.event.slug.as_str());
-                keys.push(e.event.record_key.as_str());
-                lsns.push(PgLsn::from(e.commit_lsn));
-                idxs.push(e.change_index as i32);
-                times.push(system_time_from_unix_micros(e.commit_time_unix_micros));
-                bodies.push(e.event.body.as_str());
-                for ep in &e.endpoints {
-                    d_ev.push(e.event.id.as_str());
-                    d_ep.push(ep.as_str());
-                }
-            }
-            let row = tx
-                .query_one(
-                    &self.append_sql,
-                    &[
-                        &ids, &names, &slugs, &keys, &lsns, &idxs, &times, &bodies, &d_ev, &d_ep,
-                    ],
-                )
-                .await?;
-            out.events = row.get::<_, i64>(0) as u64;
-            out.deliveries = row.get::<_, i64>(1) as u64;
-            if out.deliveries > 0 {
-                tx.execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
-                    .await?;
-            }
-        }
+        let out = self.insert_events(&tx, events).await?;
         if let Some((slot, lsn)) = progress {
             tx.execute(&self.progress_sql, &[&slot, &PgLsn::from(lsn)])
                 .await?;
         }
         tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Write one event with its deliveries (one statement, so atomic).
+    pub async fn append_one(
+        &self,
+        client: &Client,
+        event: &NewEvent,
+    ) -> Result<Appended, LedgerError> {
+        self.insert_events(client, std::slice::from_ref(event))
+            .await
+    }
+
+    /// The events and their deliveries, and a NOTIFY when any delivery was
+    /// added (sent at commit).
+    async fn insert_events(
+        &self,
+        client: &impl GenericClient,
+        events: &[NewEvent],
+    ) -> Result<Appended, LedgerError> {
+        if events.is_empty() {
+            return Ok(Appended::default());
+        }
+        let cols = EventColumns::new(events);
+        let row = client
+            .query_one(
+                &self.append_sql,
+                &[
+                    &cols.ids,
+                    &cols.names,
+                    &cols.slugs,
+                    &cols.keys,
+                    &cols.lsns,
+                    &cols.idxs,
+                    &cols.times,
+                    &cols.bodies,
+                    &cols.d_ev,
+                    &cols.d_ep,
+                ],
+            )
+            .await?;
+        let out = Appended {
+            events: row.get::<_, i64>(0) as u64,
+            deliveries: row.get::<_, i64>(1) as u64,
+        };
+        if out.deliveries > 0 {
+            client
+                .execute("SELECT pg_notify($1, '')", &[&notify_channel(&self.schema)])
+                .await?;
+        }
         Ok(out)
     }
 
@@ -233,5 +239,53 @@ impl Ledger {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Events as the column arrays of the append statement.
+struct EventColumns<'a> {
+    ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    slugs: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    lsns: Vec<PgLsn>,
+    idxs: Vec<i32>,
+    times: Vec<std::time::SystemTime>,
+    bodies: Vec<&'a str>,
+    /// (event id, endpoint id) of every delivery.
+    d_ev: Vec<&'a str>,
+    d_ep: Vec<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(events: &'a [NewEvent]) -> EventColumns<'a> {
+        let mut c = EventColumns {
+            ids: Vec::with_capacity(events.len()),
+            names: Vec::with_capacity(events.len()),
+            slugs: Vec::with_capacity(events.len()),
+            keys: Vec::with_capacity(events.len()),
+            lsns: Vec::with_capacity(events.len()),
+            idxs: Vec::with_capacity(events.len()),
+            times: Vec::with_capacity(events.len()),
+            bodies: Vec::with_capacity(events.len()),
+            d_ev: Vec::new(),
+            d_ep: Vec::new(),
+        };
+        for e in events {
+            c.ids.push(&e.event.id);
+            c.names.push(&e.event.name);
+            c.slugs.push(&e.event.slug);
+            c.keys.push(&e.event.record_key);
+            c.lsns.push(PgLsn::from(e.commit_lsn));
+            c.idxs.push(e.change_index as i32);
+            c.times
+                .push(system_time_from_unix_micros(e.commit_time_unix_micros));
+            c.bodies.push(&e.event.body);
+            for ep in &e.endpoints {
+                c.d_ev.push(&e.event.id);
+                c.d_ep.push(ep);
+            }
+        }
+        c
     }
 }
