@@ -97,9 +97,9 @@ pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
         return Err(RunError::NoSlot(cfg.source.slot.clone()));
     }
     let ledger = Ledger::new(&cfg.ledger.schema);
-    let mapping = objects::resolve_all(&client, &client, &ledger, cfg, false).await?;
-    let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
-    let problems = setup::publication_problems(&client, &cfg.source.publication, &relids).await?;
+    let mapping = objects::resolve_all(&client, &client, &ledger, cfg).await?;
+    let problems =
+        setup::publication_problems(&client, &cfg.source.publication, &mapping.relids()).await?;
     if !problems.is_empty() {
         return Err(RunError::Publication(problems.join("; ")));
     }

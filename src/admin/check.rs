@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, ReplicaIdentity};
 use crate::ledger::{self, Ledger};
+use crate::source::objects::{self, Mapping, ResolveError};
 use crate::source::setup::{self, SetupError};
 
 use super::human::human_lag;
@@ -148,24 +149,8 @@ async fn database_checks(client: &Client, cfg: &Config, checks: &mut Vec<Check>)
         Err(e) => checks.push(db_fail("wal_level", e)),
     }
     checks.push(privileges(client).await);
-    match setup::check_tables(client, cfg).await {
-        Ok(()) => checks.push(Check::ok(
-            "tables",
-            format!(
-                "{} mapped table(s) exist and have primary keys",
-                cfg.objects.len()
-            ),
-        )),
-        Err(e @ (SetupError::NoTable(_) | SetupError::NoPrimaryKey(_))) => {
-            checks.push(Check::fail(
-                "tables",
-                e.to_string(),
-                "fix the table or the [[objects]] entry",
-            ))
-        }
-        Err(e) => checks.push(db_fail("tables", e)),
-    }
-    checks.push(publication(client, cfg).await);
+    let mapping = tables(client, cfg, checks).await;
+    checks.push(publication(client, cfg, mapping.as_ref()).await);
     replica_identity(client, cfg, checks).await;
     let ledger_ok = ledger_schema(client, cfg, checks).await;
     checks.push(slot(client, cfg, ledger_ok).await);
@@ -235,44 +220,94 @@ pub fn publication_diff(
     (missing, extra)
 }
 
-async fn publication(client: &Client, cfg: &Config) -> Check {
-    let pubname = &cfg.source.publication;
-    let want = setup::mapped_tables(cfg);
-    match setup::publication_tables(client, pubname).await {
-        Err(e) => db_fail("publication", e),
-        Ok(None) => Check::fail(
-            "publication",
-            format!("{pubname} does not exist"),
-            "run `walhook setup` (or the CREATE PUBLICATION of `walhook setup --print-sql`)",
-        ),
-        Ok(Some(have)) => {
-            let (missing, extra) = publication_diff(&want, &have);
-            if missing.is_empty() && extra.is_empty() {
-                Check::ok(
-                    "publication",
-                    format!(
-                        "{pubname} covers exactly the {} mapped table(s)",
-                        want.len()
-                    ),
-                )
-            } else {
-                let mut what = Vec::new();
-                if !missing.is_empty() {
-                    what.push(format!("lacks {}", missing.join(", ")));
-                }
-                if !extra.is_empty() {
-                    what.push(format!(
-                        "also covers unmapped {} (their changes are streamed and dropped)",
-                        extra.join(", ")
-                    ));
-                }
-                Check::fail(
-                    "publication",
-                    format!("{pubname} {}", what.join("; ")),
-                    "run `walhook setup`, which sets the publication to exactly the mapped tables",
-                )
+/// The mapped tables, resolved as `run` resolves them: renamed tables and
+/// excluded columns, a dropped primary key (warnings), and what `run` would
+/// refuse (failures).
+async fn tables(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> Option<Mapping> {
+    let ledger = Ledger::new(&cfg.ledger.schema);
+    match objects::resolve_all(client, client, &ledger, cfg).await {
+        Ok(mapping) => {
+            checks.push(Check::ok(
+                "tables",
+                format!(
+                    "{} mapped table(s) exist, with their keys and excluded columns",
+                    cfg.objects.len()
+                ),
+            ));
+            for notice in &mapping.notices {
+                checks.push(Check::warn("tables", notice.to_string(), None));
             }
+            Some(mapping)
         }
+        Err(ResolveError::Object(e)) => {
+            checks.push(Check::fail(
+                "tables",
+                e.to_string(),
+                "fix the table or the [[objects]] entry",
+            ));
+            None
+        }
+        Err(e) => {
+            checks.push(db_fail("tables", e));
+            None
+        }
+    }
+}
+
+async fn publication(client: &Client, cfg: &Config, mapping: Option<&Mapping>) -> Check {
+    let pubname = &cfg.source.publication;
+    let have = match setup::publication_tables(client, pubname).await {
+        Err(e) => return db_fail("publication", e),
+        Ok(None) => {
+            return Check::fail(
+                "publication",
+                format!("{pubname} does not exist"),
+                "run `walhook setup` (or the CREATE PUBLICATION of `walhook setup --print-sql`)",
+            );
+        }
+        Ok(Some(have)) => have,
+    };
+    // Mapped tables by their current names (they may have been renamed).
+    let want: Vec<(String, String)> = match mapping {
+        Some(m) => m
+            .rows
+            .iter()
+            .filter_map(|r| r.table_name.split_once('.'))
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .collect(),
+        None => setup::mapped_tables(cfg),
+    };
+    let mut problems = match mapping {
+        Some(m) => match setup::publication_problems(client, pubname, &m.relids()).await {
+            Ok(p) => p,
+            Err(e) => return db_fail("publication", e),
+        },
+        None => Vec::new(),
+    };
+    let (missing, extra) = publication_diff(&want, &have);
+    if mapping.is_none() && !missing.is_empty() {
+        problems.push(format!("{pubname} lacks {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        problems.push(format!(
+            "{pubname} also covers unmapped {} (their changes are streamed and dropped)",
+            extra.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Check::ok(
+            "publication",
+            format!(
+                "{pubname} covers exactly the {} mapped table(s)",
+                want.len()
+            ),
+        )
+    } else {
+        Check::fail(
+            "publication",
+            problems.join("; "),
+            "run `walhook setup`, which sets the publication to exactly the mapped tables, every operation, no filters",
+        )
     }
 }
 

@@ -21,8 +21,11 @@ pub struct ObjectRow {
 }
 
 impl Ledger {
-    /// Every remembered mapped table.
+    /// Every remembered mapped table (none before `walhook setup`).
     pub async fn objects(&self, client: &Client) -> Result<Vec<ObjectRow>, LedgerError> {
+        if !self.missing_tables(client).await?.is_empty() {
+            return Ok(Vec::new());
+        }
         let s = self.q();
         let rows = client
             .query(

@@ -180,11 +180,12 @@ impl<'a> Session<'a> {
         let db = pg::connect(&cfg.source.url, "walhook capture", login).await?;
         let writer_db = pg::connect(&cfg.source.url, "walhook capture writer", login).await?;
         let ledger = Ledger::new(&cfg.ledger.schema);
-        let mapping = objects::resolve_all(&db, &db, &ledger, cfg, true).await?;
+        let mapping = objects::resolve_all(&db, &db, &ledger, cfg).await?;
+        mapping.save(&ledger, &db).await?;
         for notice in &mapping.notices {
             tracing::warn!("{notice}");
         }
-        let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
+        let relids = mapping.relids();
         check_publication(&db, cfg, &relids).await?;
         let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
         client.wait_started().await?;

@@ -260,6 +260,23 @@ fn excluded(
 pub struct Mapping {
     pub objects: Vec<Resolved>,
     pub notices: Vec<Notice>,
+    /// What the ledger should remember of each object.
+    pub rows: Vec<ObjectRow>,
+}
+
+impl Mapping {
+    /// The mapped tables' relation oids.
+    pub fn relids(&self) -> Vec<u32> {
+        self.objects.iter().map(|o| o.relid).collect()
+    }
+
+    /// Make the ledger remember the objects' identities.
+    pub async fn save(&self, ledger: &Ledger, ledger_db: &Client) -> Result<(), LedgerError> {
+        for row in &self.rows {
+            ledger.save_object(ledger_db, row).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why the mapped tables cannot be resolved.
@@ -280,14 +297,12 @@ impl From<tokio_postgres::Error> for ResolveError {
 }
 
 /// Resolves every object of `cfg` against the source's catalog (`source`)
-/// and what the ledger remembers (`ledger_db`); with `save`, the ledger
-/// then remembers the result.
+/// and what the ledger remembers (`ledger_db`; nothing before `setup`).
 pub async fn resolve_all(
     source: &Client,
     ledger_db: &Client,
     ledger: &Ledger,
     cfg: &Config,
-    save: bool,
 ) -> Result<Mapping, ResolveError> {
     let remembered = ledger.objects(ledger_db).await?;
     let mut mapping = Mapping::default();
@@ -299,8 +314,8 @@ pub async fn resolve_all(
             _ => None,
         };
         let (resolved, notices) = resolve(object, by_name.as_ref(), by_oid.as_ref(), row)?;
-        if let (true, Some(table)) = (save, by_name.as_ref().or(by_oid.as_ref())) {
-            ledger.save_object(ledger_db, &resolved.row(table)).await?;
+        if let Some(table) = by_name.as_ref().or(by_oid.as_ref()) {
+            mapping.rows.push(resolved.row(table));
         }
         mapping.objects.push(resolved);
         mapping.notices.extend(notices);

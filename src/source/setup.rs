@@ -19,14 +19,6 @@ pub enum SetupError {
     )]
     WalLevel(String),
     #[error(
-        "mapped table {0} does not exist. Create it, or fix `table` in the [[objects]] entry of the config."
-    )]
-    NoTable(String),
-    #[error(
-        "mapped table {0} has no primary key; walhook needs one for record keys, event ids and per-record order. Add one: ALTER TABLE {0} ADD PRIMARY KEY (...);"
-    )]
-    NoPrimaryKey(String),
-    #[error(
         "replication slot {slot} exists but uses the output plugin '{plugin}', not pgoutput. Drop it (SELECT pg_drop_replication_slot('{slot}')) or choose another `source.slot`."
     )]
     SlotPlugin { slot: String, plugin: String },
@@ -131,29 +123,6 @@ pub async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
     } else {
         Err(SetupError::WalLevel(level))
     }
-}
-
-/// Every mapped table exists and has a primary key.
-pub async fn check_tables(client: &Client, cfg: &Config) -> Result<(), SetupError> {
-    for o in &cfg.objects {
-        let row = client
-            .query_opt(
-                "SELECT c.oid, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&o.schema, &o.table],
-            )
-            .await
-            .map_err(db_err("look up the mapped tables"))?;
-        match row {
-            None => return Err(SetupError::NoTable(o.qualified_sql())),
-            Some(r) if !r.get::<_, bool>(1) => {
-                return Err(SetupError::NoPrimaryKey(o.qualified_sql()));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// Tables the publication covers now, as (schema, table).
@@ -330,22 +299,21 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
 /// Run setup; returns what was done, step by step.
 pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError> {
     check_wal_level(client).await?;
-    check_tables(client, cfg).await?;
+    let ledger = ledger::Ledger::new(&cfg.ledger.schema);
+    let mapping = objects::resolve_all(client, client, &ledger, cfg).await?;
     let mut steps = vec![
         Step::found("wal_level is logical"),
         ledger_schema(client, &cfg.ledger.schema).await?,
     ];
-    let ledger = ledger::Ledger::new(&cfg.ledger.schema);
-    let mapping = objects::resolve_all(client, client, &ledger, cfg, true).await?;
+    mapping.save(&ledger, client).await?;
     steps.push(Step::found(format!(
         "{} mapped table(s) exist and have primary keys",
         cfg.objects.len()
     )));
-    for notice in mapping.notices {
+    for notice in &mapping.notices {
         steps.push(Step::found(format!("note: {notice}")));
     }
-    let relids: Vec<u32> = mapping.objects.iter().map(|o| o.relid).collect();
-    steps.push(publication(client, cfg, &relids).await?);
+    steps.push(publication(client, cfg, &mapping.relids()).await?);
     if cfg.source.replica_identity == ReplicaIdentity::Full {
         for o in &cfg.objects {
             steps.push(replica_identity_full(client, o).await?);

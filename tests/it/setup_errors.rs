@@ -89,7 +89,7 @@ async fn missing_table_and_missing_primary_key() {
     let objects = "[[objects]]\ntable = \"public.nope\"\nslug = \"nope\"";
     let (_d, path) = app::write_config(&app::config_text(&db, objects, ""));
     let err = fails(&path, &["setup"]);
-    assert!(err.contains("\"public\".\"nope\" does not exist"), "{err}");
+    assert!(err.contains("public.nope does not exist"), "{err}");
 
     db.psql("CREATE TABLE nokey (id int, name text)").await;
     let objects = "[[objects]]\ntable = \"nokey\"\nslug = \"nokey\"";
