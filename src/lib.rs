@@ -1,12 +1,13 @@
 //! walhook: PostgreSQL row changes (logical replication, pgoutput) turned into
-//! signed webhooks, with a durable ledger in Postgres as the queue.
+//! signed webhooks, with a durable ledger in Postgres for what must wait.
 //!
-//! Data flows through the modules in this order:
-//! `source` (replication stream, pgoutput decoding, relation cache) ->
-//! `event` (row change -> `slug.verb` event, before/after/diff, ids) ->
-//! `ledger` (durable events, deliveries and progress in Postgres) ->
-//! `dispatch` (signing, HTTP, retry policy, the delivery loop) ->
-//! `admin` (CLI reports, admin API, metrics, history page).
+//! The rooms follow the data, and each imports only those below it:
+//! `source` (the slot, the relation cache, mapped tables by identity) ->
+//! `event` (pure: change -> `slug.verb` event, values, ids) -> `dispatch`
+//! (signing, HTTP, retry timing, the delivery loop) and `ledger` (what must
+//! wait, history, progress) -> `admin` (check, reports, API, metrics).
+//! `config` and the leaves `pg`, `pgoutput` and `secret` serve them all;
+//! `devtools` holds the demo, `walhook listen` and the throwaway cluster.
 #![forbid(unsafe_code)]
 
 pub mod admin;
