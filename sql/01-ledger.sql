@@ -55,14 +55,23 @@ CREATE TABLE IF NOT EXISTS "walhook".deliveries (
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    commit_lsn       pg_lsn NOT NULL DEFAULT '0/0',
+    change_index     integer NOT NULL DEFAULT 0,
     UNIQUE (event_seq, endpoint_id)
 ) WITH (fillfactor = 50);
+
+ALTER TABLE "walhook".deliveries
+    ADD COLUMN IF NOT EXISTS commit_lsn pg_lsn NOT NULL DEFAULT '0/0',
+    ADD COLUMN IF NOT EXISTS change_index integer NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS deliveries_due ON "walhook".deliveries (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'retrying');
 
-CREATE INDEX IF NOT EXISTS deliveries_record ON "walhook".deliveries (endpoint_id, record, event_seq)
+CREATE INDEX IF NOT EXISTS deliveries_record_order ON "walhook".deliveries
+    (endpoint_id, record, commit_lsn, change_index, id)
     WHERE status IN ('pending', 'retrying');
+
+DROP INDEX IF EXISTS "walhook".deliveries_record;
 
 CREATE INDEX IF NOT EXISTS deliveries_status ON "walhook".deliveries (status, endpoint_id);
 
@@ -79,6 +88,23 @@ CREATE TABLE IF NOT EXISTS "walhook".attempts (
 );
 
 CREATE INDEX IF NOT EXISTS attempts_delivery ON "walhook".attempts (delivery_id);
+
+CREATE TABLE IF NOT EXISTS "walhook".delivered (
+    delivery_id      bigint PRIMARY KEY DEFAULT nextval('"walhook".deliveries_id_seq'),
+    event_id         text NOT NULL,
+    event_name       text NOT NULL,
+    endpoint_id      text NOT NULL,
+    record           text NOT NULL,
+    commit_time      timestamptz NOT NULL,
+    started_at       timestamptz NOT NULL,
+    duration_ms      integer NOT NULL,
+    status_code      smallint NOT NULL,
+    response_excerpt text
+);
+
+CREATE INDEX IF NOT EXISTS delivered_event ON "walhook".delivered (event_id);
+
+CREATE INDEX IF NOT EXISTS delivered_started ON "walhook".delivered USING brin (started_at);
 
 CREATE TABLE IF NOT EXISTS "walhook".objects (
     slug             text PRIMARY KEY,

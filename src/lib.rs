@@ -27,6 +27,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dispatch::leases::Leases;
+use crate::dispatch::stream::StreamDeps;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::pg::ConnectError;
@@ -79,28 +81,37 @@ pub enum RunError {
     Publication(String),
 }
 
-/// Pre-flight checks shared by `run` (fail fast with a clear message).
+/// Pre-flight checks of `run` (fail fast with a clear message): the source
+/// and the ledger are reachable within `source.connect_timeout`, the ledger
+/// is set up, the slot exists, the mapped tables resolve and the publication
+/// covers them as walhook needs.
 pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
-    let client = pg::connect_within(&cfg.source.url, "walhook", cfg.source.connect_timeout)
+    let timeout = cfg.source.connect_timeout;
+    let unreachable = |source| RunError::Unreachable { timeout, source };
+    let source = pg::connect_within(&cfg.source.url, "walhook", timeout)
         .await
-        .map_err(|source| RunError::Unreachable {
-            timeout: cfg.source.connect_timeout,
-            source,
-        })?;
-    setup::check_wal_level(&client).await?;
-    Ledger::new(&cfg.ledger.schema)
-        .ensure_exists(&client)
-        .await?;
-    if setup::slot_plugin(&client, &cfg.source.slot)
+        .map_err(unreachable)?;
+    let ledger_db = match &cfg.ledger.url {
+        Some(url) => Some(
+            pg::connect_within(url, "walhook", timeout)
+                .await
+                .map_err(unreachable)?,
+        ),
+        None => None,
+    };
+    let ledger_db = ledger_db.as_ref().unwrap_or(&source);
+    setup::check_wal_level(&source).await?;
+    let ledger = Ledger::new(&cfg.ledger.schema);
+    ledger.ensure_exists(ledger_db).await?;
+    if setup::slot_plugin(&source, &cfg.source.slot)
         .await?
         .is_none()
     {
         return Err(RunError::NoSlot(cfg.source.slot.clone()));
     }
-    let ledger = Ledger::new(&cfg.ledger.schema);
-    let mapping = objects::resolve_all(&client, &client, &ledger, cfg).await?;
+    let mapping = objects::resolve_all(&source, ledger_db, &ledger, cfg).await?;
     let problems =
-        setup::publication_problems(&client, &cfg.source.publication, &mapping.relids()).await?;
+        setup::publication_problems(&source, &cfg.source.publication, &mapping.relids()).await?;
     if !problems.is_empty() {
         return Err(RunError::Publication(problems.join("; ")));
     }
@@ -108,7 +119,8 @@ pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
 }
 
 /// Run capture, dispatch and admin (as `roles` says) until `shutdown` is
-/// cancelled, then stop gracefully.
+/// cancelled, then stop gracefully. A stop asked for during the pre-flight
+/// checks ends `run` at once.
 pub async fn run(
     cfg: Arc<Config>,
     roles: Roles,
@@ -117,7 +129,10 @@ pub async fn run(
     for warning in cfg.warnings() {
         tracing::warn!("{warning}");
     }
-    preflight(&cfg).await?;
+    tokio::select! {
+        r = preflight(&cfg) => r?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
     let metrics = Arc::new(Metrics::new());
     // Bind before starting anything, so a taken port fails `run` at once.
     let admin_server = if roles.admin {
@@ -127,20 +142,29 @@ pub async fn run(
     } else {
         None
     };
+    let http = dispatch::http::build_client().map_err(|e| RunError::Admin(e.to_string()))?;
+    let deps = StreamDeps {
+        cfg: cfg.clone(),
+        metrics: metrics.clone(),
+        http,
+        owner: dispatch::deliver::owner_id(),
+        leases: Leases::default(),
+        fast: roles.dispatch,
+    };
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(dispatch::leases::keep(
+        deps.leases.clone(),
+        Ledger::new(&cfg.ledger.schema),
+        cfg.ledger_url().clone(),
+        deps.owner.clone(),
+        cfg.delivery.lease,
+        shutdown.clone(),
+    ));
     if roles.capture {
-        tasks.spawn(source::capture::run(
-            cfg.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(source::capture::run(deps.clone(), shutdown.clone()));
     }
     if roles.dispatch {
-        tasks.spawn(dispatch::deliver::run(
-            cfg.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(dispatch::deliver::run(deps.clone(), shutdown.clone()));
     }
     if let Some(server) = admin_server {
         let shutdown = shutdown.clone();

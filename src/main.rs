@@ -206,9 +206,21 @@ fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(s))
 }
 
+/// pgwire-replication logs every session that ends with an error at ERROR
+/// level, which for a standby is once a second for the normal "slot in use"
+/// state; walhook logs those errors itself, at the level they deserve.
+const QUIET_REPLICATION_WORKER: &str = "pgwire_replication::client::tokio_client=off";
+
 fn init_tracing(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let from_env = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Unless RUST_LOG asks for the crate's own logs.
+    if !from_env.is_some_and(|f| f.contains("pgwire_replication"))
+        && let Ok(d) = QUIET_REPLICATION_WORKER.parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -301,7 +313,7 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
 async fn demo() -> Result<ExitCode> {
     use walhook::devtools::{demo, listen};
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(shutdown.clone(), None)?;
     match demo::run(listen::Printer::stdout(), shutdown).await? {
         demo::Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
         // The shell convention for "ended by SIGINT".
@@ -312,7 +324,7 @@ async fn demo() -> Result<ExitCode> {
 async fn listen(opts: walhook::devtools::listen::ListenOptions) -> Result<ExitCode> {
     use walhook::devtools::listen;
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(shutdown.clone(), None)?;
     listen::run(opts, listen::Printer::stdout(), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -346,7 +358,7 @@ async fn setup(cfg: &Config, print_sql: bool) -> Result<ExitCode> {
 
 async fn run(cfg: Config, roles: walhook::Roles) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(shutdown.clone(), Some(STOP_DEADLINE))?;
     walhook::run(Arc::new(cfg), roles, shutdown).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -531,7 +543,17 @@ fn toggled(t: &reports::EndpointToggle) -> String {
     }
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
+/// How long a graceful stop may take before the process exits anyway (a
+/// frozen database must not keep walhook from stopping). Nothing is lost: the
+/// slot is acknowledged only past what is resolved.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4_500);
+
+/// The first SIGTERM or SIGINT starts a graceful stop (for `run`, bounded by
+/// `deadline`); a second one exits at once.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    deadline: Option<std::time::Duration>,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -541,6 +563,21 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
         }
         shutdown.cancel();
+        if let Some(deadline) = deadline {
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline);
+                eprintln!(
+                    "walhook: the graceful stop did not finish within {deadline:?} (is the database answering?); exiting. Nothing is lost: what was not acknowledged is sent again after the restart."
+                );
+                std::process::exit(1);
+            });
+        }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("walhook: second signal: exiting now");
+        std::process::exit(130);
     });
     Ok(())
 }

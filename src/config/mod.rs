@@ -21,8 +21,8 @@ use std::path::Path;
 pub use self::duration::duration_from_str;
 pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
 pub use self::types::{
-    AdminConfig, DeliveryConfig, EndpointConfig, HeaderPrefix, LedgerConfig, ObjectConfig,
-    Ordering, ReplicaIdentity, RetryConfig, SigningScheme, SourceConfig,
+    AdminConfig, DeliveryConfig, EndpointConfig, HeaderPrefix, KeepBodies, LedgerConfig,
+    ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme, SourceConfig,
 };
 pub use crate::secret::Secret;
 
@@ -94,6 +94,11 @@ impl Config {
     }
 
     /// The endpoint with this id.
+    /// The ledger's database: `ledger.url`, else the source database.
+    pub fn ledger_url(&self) -> &Secret {
+        self.ledger.url.as_ref().unwrap_or(&self.source.url)
+    }
+
     pub fn endpoint(&self, id: &str) -> Option<&EndpointConfig> {
         self.endpoints.iter().find(|e| e.id == id)
     }

@@ -10,7 +10,7 @@ use serde::de::Deserializer;
 use super::ConfigError;
 use super::de::checked;
 use super::duration;
-use super::types::{DeliveryConfig, ReplicaIdentity, SigningScheme};
+use super::types::{DeliveryConfig, KeepBodies, ReplicaIdentity, SigningScheme};
 
 /// The whole file. `[delivery]` is already its public type; the other tables
 /// have `*_env` keys that the validation pass resolves.
@@ -71,6 +71,11 @@ pub(super) struct LedgerFile {
     pub schema: String,
     pub url: Option<String>,
     pub url_env: Option<String>,
+    pub keep_bodies: KeepBodies,
+    #[serde(deserialize_with = "duration::nonzero")]
+    pub retention: Duration,
+    #[serde(deserialize_with = "duration::nonzero")]
+    pub retention_failed: Duration,
 }
 
 impl Default for LedgerFile {
@@ -79,6 +84,9 @@ impl Default for LedgerFile {
             schema: "walhook".into(),
             url: None,
             url_env: None,
+            keep_bodies: KeepBodies::Failed,
+            retention: Duration::from_secs(7 * 86_400),
+            retention_failed: Duration::from_secs(30 * 86_400),
         }
     }
 }

@@ -55,15 +55,46 @@ pub struct SourceConfig {
     pub status_interval: Duration,
 }
 
-/// `[ledger]`: where the durable events, deliveries and progress live.
+/// `[ledger]`: where the retry ledger and the delivery history live.
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
     /// Schema of the ledger tables. Default `walhook`.
     pub schema: String,
-    /// A separate database for the ledger; `None` = the source database.
-    /// (Keys `url` / `url_env`.) Only the source database is supported by `run` for
-    /// now: the validator rejects a different one with a clear message.
+    /// A separate database for the ledger (keys `url` / `url_env`); `None`:
+    /// the source database.
     pub url: Option<Secret>,
+    /// Whose bodies the ledger keeps. Default `Failed`.
+    pub keep_bodies: KeepBodies,
+    /// Succeeded history and finished deliveries older than this are pruned.
+    /// Default 7 days.
+    pub retention: Duration,
+    /// Disabled deliveries are kept this long (unless retried). Default 30 days.
+    pub retention_failed: Duration,
+}
+
+/// `ledger.keep_bodies`: which events' bodies the ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum KeepBodies {
+    /// Only events with a delivery that had to wait (`"failed"`): a success
+    /// straight from the stream costs one narrow history row.
+    Failed,
+    /// Every delivered event's body too (`"all"`), for `deliveries show` and
+    /// `resend`, at the cost of writing each body.
+    All,
+}
+
+impl TryFrom<String> for KeepBodies {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "failed" => Ok(KeepBodies::Failed),
+            "all" => Ok(KeepBodies::All),
+            other => Err(format!(
+                "unknown value {other:?}; expected \"failed\" or \"all\""
+            )),
+        }
+    }
 }
 
 /// A mapped table.
@@ -257,10 +288,22 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Header name prefix. Default `x-superleap`.
     pub header_prefix: HeaderPrefix,
-    /// How long a claimed delivery stays leased to one process. Default 60s.
-    /// Must exceed every endpoint timeout.
+    /// How long a claimed delivery stays leased to one process without a
+    /// renewal. Default 15s. A process renews the leases of its attempts in
+    /// flight every third of it, so an attempt may take longer; after a
+    /// crash, what the dead process held comes back within this long.
     #[serde(deserialize_with = "duration::nonzero")]
     pub lease: Duration,
+    /// A first attempt from the stream not answered within this long is
+    /// handed to the retry ledger (it goes on; its result is recorded there),
+    /// so a slow endpoint never holds the slot. Default 1s.
+    #[serde(deserialize_with = "duration::nonzero")]
+    pub spill_after: Duration,
+    /// Events held in memory for their first attempts at most; beyond it
+    /// (or beyond `WINDOW_BYTES` of bodies) new events go to the retry
+    /// ledger. Default 20000.
+    #[serde(deserialize_with = "de::positive_usize")]
+    pub window: usize,
     /// Disable an endpoint that has failed continuously this long. Default none.
     #[serde(deserialize_with = "duration::nonzero_opt")]
     pub endpoint_disable_after: Option<Duration>,
@@ -275,7 +318,9 @@ impl Default for DeliveryConfig {
             ordering: Ordering::PerRecord,
             max_in_flight: 256,
             header_prefix: HeaderPrefix::default(),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(15),
+            spill_after: Duration::from_secs(1),
+            window: 20_000,
             endpoint_disable_after: None,
             notify_endpoint: None,
             retry: RetryConfig::default(),

@@ -99,22 +99,7 @@ impl Validator<'_> {
         let (url_key, url) = self
             .value_or_env("source", "url", file.url, env_name)?
             .ok_or_else(|| self.invalid("source.url", "missing; set `url` or `url_env`"))?;
-        match url.parse::<tokio_postgres::Config>() {
-            // The parser's message may quote the value, which holds the password.
-            Err(_) => {
-                return Err(self.invalid(
-                    url_key,
-                    "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
-                ));
-            }
-            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
-                return Err(self.invalid(
-                    url_key,
-                    "sslmode=require is not supported yet: walhook's ledger connection has no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
-                ));
-            }
-            Ok(_) => {}
-        }
+        self.database_url(&url_key, &url)?;
         Ok(SourceConfig {
             url: Secret::new(url),
             name: file.name,
@@ -126,18 +111,41 @@ impl Validator<'_> {
         })
     }
 
-    fn ledger(&self, file: LedgerFile, source: &SourceConfig) -> Res<LedgerConfig> {
-        let schema = file.schema;
-        if let Some((key, url)) = self.value_or_env("ledger", "url", file.url, file.url_env)?
-            && url != source.url.expose()
-        {
-            return Err(self.invalid(
+    /// A PostgreSQL connection string walhook can use.
+    fn database_url(&self, key: &str, url: &str) -> Res<()> {
+        match url.parse::<tokio_postgres::Config>() {
+            // The parser's message may quote the value, which holds the password.
+            Err(_) => Err(self.invalid(
                 key,
-                format!("a separate ledger database is not supported yet: the ledger lives in the source database (schema `{schema}`); remove `ledger.url` / `ledger.url_env`, or set it to the source URL"),
-            ));
+                "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
+            )),
+            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+                Err(self.invalid(
+                    key,
+                    "sslmode=require is not supported yet: walhook's database connections have no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
+                ))
+            }
+            Ok(_) => Ok(()),
         }
-        // The same database as the source is not a separate one.
-        Ok(LedgerConfig { schema, url: None })
+    }
+
+    fn ledger(&self, file: LedgerFile, source: &SourceConfig) -> Res<LedgerConfig> {
+        let url = match self.value_or_env("ledger", "url", file.url, file.url_env)? {
+            // The same database as the source is not a separate one.
+            Some((_, url)) if url == source.url.expose() => None,
+            Some((key, url)) => {
+                self.database_url(&key, &url)?;
+                Some(Secret::new(url))
+            }
+            None => None,
+        };
+        Ok(LedgerConfig {
+            schema: file.schema,
+            url,
+            keep_bodies: file.keep_bodies,
+            retention: file.retention,
+            retention_failed: file.retention_failed,
+        })
     }
 
     fn objects(&self, files: Vec<ObjectFile>) -> Res<Vec<ObjectConfig>> {
@@ -306,17 +314,6 @@ impl Validator<'_> {
     }
 
     fn delivery(&self, d: &DeliveryConfig, endpoints: &[EndpointConfig]) -> Res<()> {
-        if let Some(ep) = endpoints.iter().find(|e| e.timeout >= d.lease) {
-            return Err(self.invalid(
-                "delivery.lease",
-                format!(
-                    "{} must be longer than every endpoint timeout, but endpoint `{}` has timeout {}",
-                    humantime::format_duration(d.lease),
-                    ep.id,
-                    humantime::format_duration(ep.timeout)
-                ),
-            ));
-        }
         if let Some(id) = &d.notify_endpoint
             && !endpoints.iter().any(|e| &e.id == id)
         {

@@ -15,12 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord};
+use crate::dispatch::leases::Leases;
 use crate::dispatch::outcome::{self, BatchOutcomes, Health};
 use crate::dispatch::sign;
+use crate::dispatch::stream::StreamDeps;
 use crate::ledger::queue::{ClaimRequest, Claimed, NextState};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics::Metrics;
 use crate::pg::{self, unix_ms};
+
+/// On a stop, how long attempts in flight may still finish and be recorded.
+const STOP_GRACE: Duration = Duration::from_millis(2_500);
 
 /// How long the loop sleeps at most when nothing is due and nothing woke it
 /// (a safety net: wake-ups come from NOTIFY and the in-process signal).
@@ -35,23 +40,10 @@ pub enum DispatchError {
 }
 
 /// Runs dispatch until `shutdown`; reconnects to the ledger on errors.
-pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let client = match http::build_client() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client; dispatch is off");
-            return;
-        }
-    };
-    let owner = format!(
-        "{}:{}:{}",
-        hostname(),
-        std::process::id(),
-        rand::random::<u32>()
-    );
+pub async fn run(deps: StreamDeps, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        match Dispatcher::run(&cfg, &metrics, &client, &owner, &shutdown).await {
+        match Dispatcher::run(&deps, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "dispatch interrupted; reconnecting");
@@ -63,6 +55,16 @@ pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: Cancellation
             }
         }
     }
+}
+
+/// This process's lease owner id: host, pid and a random part.
+pub fn owner_id() -> String {
+    format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 fn hostname() -> String {
@@ -121,40 +123,34 @@ struct Dispatcher<'a> {
     metrics: &'a Metrics,
     http: &'a reqwest::Client,
     owner: &'a str,
+    leases: &'a Leases,
     ledger: Ledger,
     db: Client,
     endpoints: HashMap<String, EndpointConfig>,
     endpoint_ids: Vec<String>,
     health: Health,
+    /// Deliveries this dispatcher has claimed and not yet recorded.
+    held: std::collections::HashSet<i64>,
 }
 
 impl<'a> Dispatcher<'a> {
-    async fn run(
-        cfg: &'a Config,
-        metrics: &'a Metrics,
-        http: &'a reqwest::Client,
-        owner: &'a str,
-        shutdown: &CancellationToken,
-    ) -> Result<(), DispatchError> {
-        let db = pg::connect(
-            &cfg.source.url,
-            "walhook dispatch",
-            pg::DEFAULT_LOGIN_TIMEOUT,
-        )
-        .await
-        .map_err(LedgerError::from)?;
+    async fn run(deps: &'a StreamDeps, shutdown: &CancellationToken) -> Result<(), DispatchError> {
+        let cfg = &*deps.cfg;
+        let login = pg::DEFAULT_LOGIN_TIMEOUT;
+        let db = pg::connect(cfg.ledger_url(), "walhook dispatch", login)
+            .await
+            .map_err(LedgerError::from)?;
         let ledger = Ledger::new(&cfg.ledger.schema);
         let endpoint_ids: Vec<String> = cfg.endpoints.iter().map(|e| e.id.clone()).collect();
         ledger.register_endpoints(&db, &endpoint_ids).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        let listener = ledger
-            .listen(&cfg.source.url, pg::DEFAULT_LOGIN_TIMEOUT, wake.clone())
-            .await?;
+        let listener = ledger.listen(cfg.ledger_url(), login, wake.clone()).await?;
         let mut d = Dispatcher {
             cfg,
-            metrics,
-            http,
-            owner,
+            metrics: &deps.metrics,
+            http: &deps.http,
+            owner: &deps.owner,
+            leases: &deps.leases,
             ledger,
             db,
             endpoints: cfg
@@ -164,6 +160,7 @@ impl<'a> Dispatcher<'a> {
                 .collect(),
             health: Health::new(cfg),
             endpoint_ids,
+            held: Default::default(),
         };
         let result = d.run_loop(&wake, shutdown).await;
         drop(listener);
@@ -181,13 +178,7 @@ impl<'a> Dispatcher<'a> {
         let mut done: Vec<Done> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
-                // Graceful stop: no new attempts; those in flight finish
-                // within their own timeout and are recorded.
-                while let Some(r) = inflight.join_next().await {
-                    done.extend(r.ok());
-                }
-                self.record(&mut done).await?;
-                return Ok(());
+                return self.stop(inflight, done).await;
             }
             let claimed_any = self.claim(&mut slots, &mut inflight).await?;
             // Collect whatever has finished, then record it in one statement.
@@ -221,6 +212,31 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// Graceful stop: no new attempts; those in flight may finish within
+    /// `STOP_GRACE` and are recorded; the rest are dropped and their leases
+    /// given back, so another process attempts them at once.
+    async fn stop(
+        &mut self,
+        mut inflight: JoinSet<Done>,
+        mut done: Vec<Done>,
+    ) -> Result<(), DispatchError> {
+        let grace = tokio::time::Instant::now() + STOP_GRACE;
+        while !inflight.is_empty() {
+            match tokio::time::timeout_at(grace, inflight.join_next()).await {
+                Ok(Some(r)) => done.extend(r.ok()),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        inflight.abort_all();
+        self.record(&mut done).await?;
+        let held: Vec<i64> = self.held.drain().collect();
+        for id in &held {
+            self.leases.release(*id);
+        }
+        self.ledger.release(&self.db, self.owner, &held).await?;
+        Ok(())
+    }
+
     /// Lease what is due, within the free slots, and start each attempt.
     /// Returns whether anything was claimed.
     async fn claim(
@@ -250,6 +266,8 @@ impl<'a> Dispatcher<'a> {
         let any = !claimed.is_empty();
         for c in claimed {
             slots.take(&c.endpoint_id);
+            self.leases.hold(c.delivery_id);
+            self.held.insert(c.delivery_id);
             self.spawn(inflight, c);
         }
         Ok(any)
@@ -329,6 +347,10 @@ impl<'a> Dispatcher<'a> {
             ));
         }
         self.ledger.record(&self.db, self.owner, &rows).await?;
+        for r in &rows {
+            self.leases.release(r.delivery_id);
+            self.held.remove(&r.delivery_id);
+        }
         self.health
             .apply(self.cfg, &self.ledger, &self.db, batch)
             .await?;

@@ -13,6 +13,8 @@
 
 pub mod deliver;
 pub mod http;
+pub mod leases;
 pub mod outcome;
 pub mod retry;
 pub mod sign;
+pub mod stream;

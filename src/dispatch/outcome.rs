@@ -117,6 +117,10 @@ pub struct BatchOutcomes {
 }
 
 impl BatchOutcomes {
+    pub fn is_empty(&self) -> bool {
+        self.succeeded.is_empty() && self.failed.is_empty()
+    }
+
     pub fn add(&mut self, endpoint: &str, outcome: &Outcome) {
         let list = match outcome {
             Outcome::Success(_) => &mut self.succeeded,

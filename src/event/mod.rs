@@ -13,6 +13,7 @@
 pub mod filter;
 pub mod id;
 pub mod map;
+pub mod stream;
 pub mod system;
 pub mod value;
 

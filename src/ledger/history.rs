@@ -246,6 +246,13 @@ const SUMMARY_COLUMNS: &str =
         CASE WHEN d.status IN ('pending', 'retrying') THEN d.next_attempt_at END,
         e.commit_time, d.created_at, d.updated_at";
 
+/// The same columns over `delivered x`: a first attempt that succeeded from
+/// the stream is a delivery with one attempt.
+const DELIVERED_COLUMNS: &str =
+    "x.delivery_id, x.event_id, x.event_name, x.endpoint_id, x.record, 'succeeded'::text, 1,
+        false, x.status_code::int, NULL::text, NULL::timestamptz,
+        x.commit_time, x.started_at, x.started_at";
+
 fn summary(r: &Row) -> DeliverySummary {
     DeliverySummary {
         id: r.get(0),
@@ -329,6 +336,15 @@ impl Ledger {
             out.all.add(state, n);
             out.per_endpoint.entry(r.get(0)).or_default().add(state, n);
         }
+        // First attempts that succeeded from the stream (counted as written,
+        // so pruning their history does not lower the count).
+        for (endpoint, n) in self.counters(client, "delivered:").await? {
+            out.all.add(DeliveryState::Succeeded, n);
+            out.per_endpoint
+                .entry(endpoint)
+                .or_default()
+                .add(DeliveryState::Succeeded, n);
+        }
         Ok(out)
     }
 
@@ -378,22 +394,33 @@ impl Ledger {
             .collect())
     }
 
-    /// Events by name.
+    /// Events captured, by name (counted as the stream records them).
     pub async fn event_counts(&self, client: &Client) -> Result<EventCounts, LedgerError> {
-        let s = self.q();
         let mut out = EventCounts::default();
-        for r in client
-            .query(
-                &format!("SELECT name, count(*) FROM {s}.events GROUP BY name ORDER BY name"),
-                &[],
-            )
-            .await?
-        {
-            let n: i64 = r.get(1);
+        for (name, n) in self.counters(client, "captured:").await? {
             out.total += n;
-            out.by_name.insert(r.get(0), n);
+            out.by_name.insert(name, n);
         }
         Ok(out)
+    }
+
+    /// Counters named `{prefix}{key}`, by key.
+    async fn counters(
+        &self,
+        client: &Client,
+        prefix: &str,
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
+        let s = self.q();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT substr(name, length($1) + 1), value FROM {s}.counters
+                     WHERE starts_with(name, $1) ORDER BY name"
+                ),
+                &[&prefix],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// TRUNCATEs counted by [`Ledger::count_truncate`].
@@ -434,16 +461,26 @@ impl Ledger {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {SUMMARY_COLUMNS}
-                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
-                     WHERE ($1::text IS NULL OR d.status = $1)
-                       AND ($2::text IS NULL OR e.event_id = $2)
-                       AND ($3::text IS NULL OR e.name LIKE $3)
-                       AND ($4::text IS NULL OR d.endpoint_id = $4)
-                       AND ($5::timestamptz IS NULL OR d.created_at >= $5)
-                       AND ($6::int8 IS NULL OR d.id < $6)
-                     ORDER BY d.id DESC
-                     LIMIT $7"
+                    "(SELECT {SUMMARY_COLUMNS}
+                      FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                      WHERE ($1::text IS NULL OR d.status = $1)
+                        AND ($2::text IS NULL OR e.event_id = $2)
+                        AND ($3::text IS NULL OR e.name LIKE $3)
+                        AND ($4::text IS NULL OR d.endpoint_id = $4)
+                        AND ($5::timestamptz IS NULL OR d.created_at >= $5)
+                        AND ($6::int8 IS NULL OR d.id < $6)
+                      ORDER BY d.id DESC LIMIT $7)
+                     UNION ALL
+                     (SELECT {DELIVERED_COLUMNS}
+                      FROM {s}.delivered x
+                      WHERE ($1::text IS NULL OR $1 = 'succeeded')
+                        AND ($2::text IS NULL OR x.event_id = $2)
+                        AND ($3::text IS NULL OR x.event_name LIKE $3)
+                        AND ($4::text IS NULL OR x.endpoint_id = $4)
+                        AND ($5::timestamptz IS NULL OR x.started_at >= $5)
+                        AND ($6::int8 IS NULL OR x.delivery_id < $6)
+                      ORDER BY x.delivery_id DESC LIMIT $7)
+                     ORDER BY 1 DESC LIMIT $7"
                 ),
                 &params,
             )
@@ -463,7 +500,11 @@ impl Ledger {
                 &format!(
                     "SELECT {SUMMARY_COLUMNS}, e.body
                      FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
-                     WHERE d.id = $1"
+                     WHERE d.id = $1
+                     UNION ALL
+                     SELECT {DELIVERED_COLUMNS}, e.body
+                     FROM {s}.delivered x LEFT JOIN {s}.events e ON e.event_id = x.event_id
+                     WHERE x.delivery_id = $1"
                 ),
                 &[&id],
             )
@@ -483,7 +524,12 @@ impl Ledger {
                 &format!(
                     "SELECT {SUMMARY_COLUMNS}, e.body
                      FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
-                     WHERE e.event_id = $1 ORDER BY d.id"
+                     WHERE e.event_id = $1
+                     UNION ALL
+                     SELECT {DELIVERED_COLUMNS}, e.body
+                     FROM {s}.delivered x LEFT JOIN {s}.events e ON e.event_id = x.event_id
+                     WHERE x.event_id = $1
+                     ORDER BY 1"
                 ),
                 &[&event_id],
             )
@@ -505,7 +551,12 @@ impl Ledger {
                 &format!(
                     "SELECT delivery_id, id, started_at, duration_ms, status_code, error_kind, error,
                             response_excerpt, request_headers
-                     FROM {s}.attempts WHERE delivery_id = ANY($1) ORDER BY id"
+                     FROM {s}.attempts WHERE delivery_id = ANY($1)
+                     UNION ALL
+                     SELECT delivery_id, delivery_id, started_at, duration_ms, status_code::int,
+                            NULL, NULL, response_excerpt, '{{}}'::jsonb
+                     FROM {s}.delivered WHERE delivery_id = ANY($1)
+                     ORDER BY 2"
                 ),
                 &[&ids],
             )
@@ -516,11 +567,15 @@ impl Ledger {
         Ok(rows
             .iter()
             .map(|r| {
-                let body: String = r.get(14);
+                // A first attempt's event body is kept with keep_bodies = "all".
+                let body = match r.get::<_, Option<String>>(14) {
+                    Some(b) => serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)),
+                    None => serde_json::Value::Null,
+                };
                 let delivery = summary(r);
                 DeliveryDetail {
                     attempts: attempts.remove(&delivery.id).unwrap_or_default(),
-                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    body,
                     delivery,
                 }
             })

@@ -15,8 +15,10 @@
 pub mod history;
 pub mod notify;
 pub mod objects;
+pub mod open;
 pub mod queue;
 pub mod schema;
+pub mod spill;
 
 pub use notify::notify_channel;
 
@@ -94,10 +96,12 @@ impl Ledger {
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                     $5::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
                ON CONFLICT (event_id) DO NOTHING
-               RETURNING seq, event_id, slug, record_key, commit_time
+               RETURNING seq, event_id, slug, record_key, commit_time, commit_lsn, change_index
              ), dl AS (
-               INSERT INTO {s}.deliveries (event_seq, endpoint_id, record, cycle_started_at)
-               SELECT ev.seq, d.endpoint_id, ev.slug || ':' || ev.record_key, ev.commit_time
+               INSERT INTO {s}.deliveries
+                 (event_seq, endpoint_id, record, cycle_started_at, commit_lsn, change_index)
+               SELECT ev.seq, d.endpoint_id, ev.slug || ':' || ev.record_key, ev.commit_time,
+                      ev.commit_lsn, ev.change_index
                FROM ev JOIN unnest($9::text[], $10::text[]) AS d(event_id, endpoint_id)
                  USING (event_id)
                RETURNING 1

@@ -203,6 +203,26 @@ impl Ledger {
         Ok(kept as u64)
     }
 
+    /// Extend the leases `owner` holds on `ids` to `lease` from now.
+    pub async fn renew(
+        &self,
+        client: &Client,
+        owner: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64, LedgerError> {
+        let s = self.q();
+        Ok(client
+            .execute(
+                &format!(
+                    "UPDATE {s}.deliveries SET lease_until = now() + make_interval(secs => $3)
+                     WHERE id = ANY($1) AND lease_owner = $2"
+                ),
+                &[&ids, &owner, &lease.as_secs_f64()],
+            )
+            .await?)
+    }
+
     /// Give leases back without an attempt (graceful stop).
     pub async fn release(
         &self,
@@ -256,10 +276,15 @@ impl Ledger {
             let previous = DeliveryState::of_column(row.get(0));
             return Ok(Requeue::Queued(previous));
         }
-        // Nothing changed: one read to say why.
+        // Nothing changed: one read to say why (a first attempt that
+        // succeeded from the stream has only its history row).
         let row = client
             .query_opt(
-                &format!("SELECT status = 'succeeded' FROM {s}.deliveries WHERE id = $1"),
+                &format!(
+                    "SELECT status = 'succeeded' FROM {s}.deliveries WHERE id = $1
+                     UNION ALL
+                     SELECT true FROM {s}.delivered WHERE delivery_id = $1"
+                ),
                 &[&id],
             )
             .await?;
@@ -411,17 +436,21 @@ impl Ledger {
 
 /// The claim statement; see [`Ledger::claim`].
 fn claim_sql(s: &str, per_record: bool) -> String {
-    // "d is the record's earliest open delivery for this endpoint", as a
-    // correlated scalar subquery rather than NOT EXISTS: an anti-join lets
-    // the planner, misled by the stale statistics of a young ledger,
-    // probe deliveries_record by endpoint alone and filter every open
-    // delivery per candidate (hundreds of ms per claim); a subquery
-    // parameterised by (endpoint_id, record) can only be one index probe.
+    // "d is the record's earliest open delivery for this endpoint" (in WAL
+    // order), as a correlated subquery rather than NOT EXISTS: an anti-join
+    // lets the planner, misled by the stale statistics of a young ledger,
+    // probe the index by endpoint alone and filter every open delivery per
+    // candidate (hundreds of ms per claim); a subquery parameterised by
+    // (endpoint_id, record) with LIMIT 1 is one probe of
+    // deliveries_record_order. Event seq is not the order: the stream spills
+    // a record's events to the ledger in whatever order they fail.
     let order_clause = if per_record {
         format!(
-            "AND d.event_seq = (SELECT min(p.event_seq) FROM {s}.deliveries p
+            "AND (d.commit_lsn, d.change_index, d.id) = (
+                SELECT p.commit_lsn, p.change_index, p.id FROM {s}.deliveries p
                 WHERE p.endpoint_id = d.endpoint_id AND p.record = d.record
-                  AND p.status IN ('pending', 'retrying'))"
+                  AND p.status IN ('pending', 'retrying')
+                ORDER BY p.commit_lsn, p.change_index, p.id LIMIT 1)"
         )
     } else {
         String::new()

@@ -8,13 +8,14 @@ use super::{Ledger, LedgerError};
 use crate::pg::quote_ident;
 
 /// The tables [`ddl`] creates, in order.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "events",
     "progress",
     "counters",
     "endpoints",
     "deliveries",
     "attempts",
+    "delivered",
     "objects",
 ];
 
@@ -94,12 +95,22 @@ const DDL: &[&str] = &[
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    commit_lsn       pg_lsn NOT NULL DEFAULT '0/0',
+    change_index     integer NOT NULL DEFAULT 0,
     UNIQUE (event_seq, endpoint_id)
 ) WITH (fillfactor = 50)"#,
+    // Ledgers made before deliveries knew their WAL position.
+    r#"ALTER TABLE {schema}.deliveries
+    ADD COLUMN IF NOT EXISTS commit_lsn pg_lsn NOT NULL DEFAULT '0/0',
+    ADD COLUMN IF NOT EXISTS change_index integer NOT NULL DEFAULT 0"#,
     r#"CREATE INDEX IF NOT EXISTS deliveries_due ON {schema}.deliveries (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'retrying')"#,
-    r#"CREATE INDEX IF NOT EXISTS deliveries_record ON {schema}.deliveries (endpoint_id, record, event_seq)
+    // Per-record order is WAL order: a record's open deliveries for an
+    // endpoint, earliest first (id breaks ties of rows from older ledgers).
+    r#"CREATE INDEX IF NOT EXISTS deliveries_record_order ON {schema}.deliveries
+    (endpoint_id, record, commit_lsn, change_index, id)
     WHERE status IN ('pending', 'retrying')"#,
+    r#"DROP INDEX IF EXISTS {schema}.deliveries_record"#,
     r#"CREATE INDEX IF NOT EXISTS deliveries_status ON {schema}.deliveries (status, endpoint_id)"#,
     r#"CREATE TABLE IF NOT EXISTS {schema}.attempts (
     id               bigserial PRIMARY KEY,
@@ -113,6 +124,24 @@ const DDL: &[&str] = &[
     request_headers  jsonb NOT NULL
 )"#,
     r#"CREATE INDEX IF NOT EXISTS attempts_delivery ON {schema}.attempts (delivery_id)"#,
+    // One narrow row per first attempt that succeeded straight from the
+    // stream (no deliveries row); its id comes from the deliveries' sequence,
+    // so every delivery has one id space.
+    r#"CREATE TABLE IF NOT EXISTS {schema}.delivered (
+    delivery_id      bigint PRIMARY KEY DEFAULT nextval('{schema}.deliveries_id_seq'),
+    event_id         text NOT NULL,
+    event_name       text NOT NULL,
+    endpoint_id      text NOT NULL,
+    record           text NOT NULL,
+    commit_time      timestamptz NOT NULL,
+    started_at       timestamptz NOT NULL,
+    duration_ms      integer NOT NULL,
+    status_code      smallint NOT NULL,
+    response_excerpt text
+)"#,
+    r#"CREATE INDEX IF NOT EXISTS delivered_event ON {schema}.delivered (event_id)"#,
+    // Retention prunes by time; a BRIN index costs almost nothing to keep.
+    r#"CREATE INDEX IF NOT EXISTS delivered_started ON {schema}.delivered USING brin (started_at)"#,
     // The identity of each mapped table (relation oid, key and excluded
     // attribute numbers), so a rename never unmaps a table or un-excludes a
     // column, even across restarts.
@@ -181,7 +210,10 @@ mod tests {
     #[test]
     fn ddl_is_idempotent_and_schema_qualified() {
         for stmt in ddl("wh") {
-            assert!(stmt.contains("IF NOT EXISTS"), "{stmt}");
+            assert!(
+                stmt.contains("IF NOT EXISTS") || stmt.contains("IF EXISTS"),
+                "{stmt}"
+            );
             assert!(stmt.contains("\"wh\""), "{stmt}");
         }
     }

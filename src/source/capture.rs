@@ -1,10 +1,10 @@
 //! The capture loop: reads the slot, maps changes to events and hands them
-//! to the ledger writer. The slot is acknowledged only up to the end of a
-//! transaction whose events the ledger has committed, so a crash at any
-//! moment replays from there and the deterministic ids turn the replay into
-//! no-ops.
+//! to the delivery stream ([`crate::dispatch::stream`]). The slot is
+//! acknowledged only up to the position the stream reports resolved (every
+//! delivery before it recorded or durably in the retry ledger), so a crash at
+//! any moment replays from there: at worst an event is sent again, with the
+//! same id and body.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -16,10 +16,11 @@ use super::objects;
 use super::policy::{self, Backoff, Policy};
 use super::relations::{RelState, Relations};
 use super::setup;
-use super::writer::{Batch, Writer};
 use crate::config::Config;
+use crate::dispatch::stream::{Stream, StreamDeps};
+use crate::event::stream::{Captured, StreamItem};
 use crate::event::{ChangeContext, map_change};
-use crate::ledger::{Ledger, NewEvent};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pg::{self, ConnectError, Lsn, PG_EPOCH_OFFSET_MICROS, Progress};
 use crate::pgoutput::{self, Message};
@@ -28,19 +29,19 @@ use crate::pgoutput::{self, Message};
 /// known format whatever the database's own settings are.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex";
 
-/// Events written per ledger transaction at most; also bounds memory for
-/// transactions of any size (they are written in chunks of this many).
-pub const MAX_BATCH: usize = 2000;
+/// Events handed to the stream per item at most; also bounds what a large
+/// transaction holds here (it is handed over in chunks of this many).
+pub const CHUNK: usize = 500;
 
-/// Body bytes held before a flush at most: with wide rows (large TOASTed
-/// values) this, not `MAX_BATCH`, bounds memory.
-pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Body bytes per item at most: with wide rows this, not `CHUNK`, bounds
+/// memory.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// How long a graceful stop waits for the stream to settle.
+const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Replication messages buffered between the socket and the decoder.
 const STREAM_BUFFER: usize = 1024;
-
-/// How long complete transactions may wait to be batched with later ones.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 /// How often a running session checks that the publication still covers
 /// the mapped tables as walhook needs (someone may ALTER it by hand).
@@ -65,12 +66,13 @@ pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, ConnectErro
 
 /// Runs capture until `shutdown`: one session after another, for ever, each
 /// failure handled as [`policy::policy`] says.
-pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(deps: StreamDeps, shutdown: CancellationToken) {
+    let (cfg, metrics) = (deps.cfg.clone(), deps.metrics.clone());
     let mut backoff = Backoff::default();
     let mut standing_by = false;
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
-        let result = Session::run(&cfg, &metrics, &shutdown).await;
+        let result = Session::run(&deps, &shutdown).await;
         metrics.set_streaming(false);
         let e = match result {
             Ok(()) => return,
@@ -118,108 +120,79 @@ struct OpenTxn {
     change_index: u32,
 }
 
-/// What the session holds for the writer but has not handed over yet.
-#[derive(Default)]
-struct Pending {
-    events: Vec<NewEvent>,
-    bytes: usize,
-    /// End LSN of the last complete transaction whose events are in `events`.
-    commit_end: Option<Lsn>,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.commit_end.is_none()
-    }
-
-    fn is_full(&self) -> bool {
-        self.events.len() >= MAX_BATCH || self.bytes >= MAX_BATCH_BYTES
-    }
-
-    fn take(&mut self) -> Option<Batch> {
-        if self.is_empty() {
-            return None;
-        }
-        Some(Batch {
-            events: std::mem::replace(&mut self.events, Vec::with_capacity(MAX_BATCH)),
-            progress: self.commit_end.take(),
-            bytes: std::mem::take(&mut self.bytes),
-        })
-    }
-
-    fn put_back(&mut self, batch: Batch) {
-        self.events = batch.events;
-        self.commit_end = batch.progress;
-        self.bytes = batch.bytes;
-    }
-}
-
 /// One replication session: one connection to the slot, one for catalog
-/// lookups and one (the writer's) for appending to the ledger.
+/// lookups, one to the ledger, and the delivery stream.
 struct Session<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
     ledger: Ledger,
+    /// The source database, for catalog lookups.
     db: Client,
-    writer: Writer,
+    ledger_db: Client,
+    stream: Stream,
     relations: Relations,
     txn: Option<OpenTxn>,
-    pending: Pending,
+    /// Events of the open transaction not handed over yet.
+    chunk: Vec<Captured>,
+    chunk_bytes: usize,
+    /// The last position handed over while idle.
+    idle_at: Lsn,
     acked: Progress,
     /// The mapped tables' relation oids.
     relids: Vec<u32>,
 }
 
 impl<'a> Session<'a> {
-    async fn run(
-        cfg: &'a Config,
-        metrics: &'a Arc<Metrics>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), CaptureError> {
+    async fn run(deps: &'a StreamDeps, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+        let cfg = &*deps.cfg;
         let login = pg::DEFAULT_LOGIN_TIMEOUT;
         let db = pg::connect(&cfg.source.url, "walhook capture", login).await?;
-        let writer_db = pg::connect(&cfg.source.url, "walhook capture writer", login).await?;
+        let ledger_db = pg::connect(cfg.ledger_url(), "walhook capture ledger", login).await?;
         let ledger = Ledger::new(&cfg.ledger.schema);
-        let mapping = objects::resolve_all(&db, &db, &ledger, cfg).await?;
-        mapping.save(&ledger, &db).await?;
+        let mapping = objects::resolve_all(&db, &ledger_db, &ledger, cfg).await?;
+        mapping.save(&ledger, &ledger_db).await?;
         for notice in &mapping.notices {
             tracing::warn!("{notice}");
         }
         let relids = mapping.relids();
         check_publication(&db, cfg, &relids).await?;
+        let stream = Stream::start(deps.clone()).await?;
         let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
-        client.wait_started().await?;
+        tokio::time::timeout(login, client.wait_started())
+            .await
+            .map_err(|_| CaptureError::StartTimeout(login))??;
         tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
-        metrics.set_streaming(true);
-        let writer = Writer::start(
-            writer_db,
-            ledger.clone(),
-            cfg.source.slot.clone(),
-            metrics.clone(),
-        );
+        deps.metrics.set_streaming(true);
         let mut s = Session {
             cfg,
-            metrics,
+            metrics: &deps.metrics,
             ledger,
             db,
-            writer,
+            ledger_db,
+            stream,
             relations: Relations::new(mapping.objects),
             txn: None,
-            pending: Pending::default(),
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            idle_at: Lsn::ZERO,
             acked: Progress::default(),
             relids,
         };
-        let mut result = s.stream(&mut client, shutdown).await;
-        if result.is_ok() {
-            // Graceful stop: everything queued is committed, then acknowledged.
-            result = s.writer.finish().await.map(|w| s.ack(&client, w.lsn));
+        let result = s.stream(&mut client, shutdown).await;
+        match result {
+            Ok(()) => {
+                // Graceful stop: the stream settles, then the slot is
+                // acknowledged as far as it resolved.
+                let resolved = s.stream.finish(STOP_DEADLINE).await?;
+                s.ack(&client, resolved);
+                s.stop(&mut client).await;
+                Ok(())
+            }
+            Err(e) => {
+                client.abort();
+                Err(e)
+            }
         }
-        if result.is_ok() {
-            s.stop(&mut client).await;
-        } else {
-            client.abort();
-        }
-        result
     }
 
     async fn stream(
@@ -227,33 +200,18 @@ impl<'a> Session<'a> {
         client: &mut ReplicationClient,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
-        let mut flush_at: Option<tokio::time::Instant> = None;
         let mut recheck = tokio::time::interval(PUBLICATION_RECHECK);
         recheck.tick().await;
         loop {
             let ev = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    self.flush().await?;
-                    return Ok(());
+                _ = shutdown.cancelled() => return Ok(()),
+                resolved = self.stream.resolved_changed() => {
+                    self.ack(client, resolved?);
+                    continue;
                 }
                 _ = recheck.tick() => {
                     check_publication(&self.db, self.cfg, &self.relids).await?;
-                    continue;
-                }
-                written = self.writer.committed() => {
-                    self.ack(client, written?.lsn);
-                    // The writer has room again: hand over what lingered.
-                    if flush_at.is_none() {
-                        self.try_flush()?;
-                    }
-                    continue;
-                }
-                _ = async { tokio::time::sleep_until(flush_at.unwrap()).await }, if flush_at.is_some() => {
-                    // While the writer is busy, keep collecting: bigger
-                    // batches, and the next commit report flushes them.
-                    self.try_flush()?;
-                    flush_at = None;
                     continue;
                 }
                 ev = client.recv() => ev?.ok_or(CaptureError::Ended)?,
@@ -272,9 +230,8 @@ impl<'a> Session<'a> {
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     self.handle(pgoutput::decode(&data)?).await?;
-                    if self.pending.is_full() {
-                        self.flush().await?;
-                        flush_at = None;
+                    if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
+                        self.hand_over().await?;
                     }
                 }
                 ReplicationEvent::Commit {
@@ -283,18 +240,14 @@ impl<'a> Session<'a> {
                     ..
                 } => {
                     self.txn = None;
-                    self.pending.commit_end = Some(end_lsn.into());
                     self.metrics
                         .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
-                    if self.pending.is_full() {
-                        self.flush().await?;
-                        flush_at = None;
-                    } else if flush_at.is_none() {
-                        flush_at = Some(tokio::time::Instant::now() + BATCH_LINGER);
-                    }
+                    self.hand_over().await?;
+                    let end_lsn = end_lsn.into();
+                    self.stream.send(StreamItem::Commit { end_lsn }).await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    self.keepalive(client, wal_end.into())
+                    self.keepalive(wal_end.into()).await?
                 }
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
@@ -302,13 +255,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Nothing open and nothing unwritten: everything up to `wal_end` is in
-    /// the ledger (or was not ours), so the slot may advance and Postgres need
-    /// not keep that WAL.
-    fn keepalive(&mut self, client: &ReplicationClient, wal_end: Lsn) {
-        if self.txn.is_none() && self.pending.is_empty() && self.writer.idle() {
-            self.ack(client, wal_end);
+    /// Nothing open: once everything before is resolved, the slot may
+    /// advance to `wal_end`, so Postgres need not keep that WAL.
+    async fn keepalive(&mut self, wal_end: Lsn) -> Result<(), CaptureError> {
+        if self.txn.is_none() && wal_end > self.idle_at {
+            self.idle_at = wal_end;
+            self.stream.send(StreamItem::Idle { wal_end }).await?;
         }
+        Ok(())
+    }
+
+    /// Hands the open transaction's events decoded so far to the stream.
+    async fn hand_over(&mut self) -> Result<(), CaptureError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.chunk_bytes = 0;
+        Ok(self.stream.send(StreamItem::Events(events)).await?)
     }
 
     async fn handle(&mut self, msg: Message) -> Result<(), CaptureError> {
@@ -344,20 +308,12 @@ impl<'a> Session<'a> {
             change_index: index,
         };
         if let Some(event) = map_change(map, change, &ctx)? {
-            let endpoints = self
-                .cfg
-                .endpoints
-                .iter()
-                .filter(|ep| ep.subscribes_to(&event.name))
-                .map(|ep| ep.id.clone())
-                .collect();
-            self.pending.bytes += event.body.len();
-            self.pending.events.push(NewEvent {
+            self.chunk_bytes += event.body.len();
+            self.chunk.push(Captured {
+                event,
                 commit_lsn: txn.commit_lsn,
                 change_index: index,
                 commit_time_unix_micros: txn.commit_time_unix_micros,
-                endpoints,
-                event,
             });
         }
         Ok(())
@@ -373,27 +329,8 @@ impl<'a> Session<'a> {
             tracing::warn!(objects = ?mapped, "TRUNCATE on mapped table(s): no row events are emitted");
             self.metrics.add_truncates(mapped.len() as u64);
             self.ledger
-                .count_truncate(&self.db, mapped.len() as i64)
+                .count_truncate(&self.ledger_db, mapped.len() as i64)
                 .await?;
-        }
-        Ok(())
-    }
-
-    /// Hand what is pending to the writer, waiting for room. The slot is
-    /// acknowledged when the writer reports the commit.
-    async fn flush(&mut self) -> Result<(), CaptureError> {
-        match self.pending.take() {
-            Some(batch) => self.writer.send(batch).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Hand what is pending to the writer if it has room now; otherwise keep it.
-    fn try_flush(&mut self) -> Result<(), CaptureError> {
-        if let Some(batch) = self.pending.take()
-            && let Some(batch) = self.writer.try_send(batch)?
-        {
-            self.pending.put_back(batch);
         }
         Ok(())
     }
@@ -408,15 +345,18 @@ impl<'a> Session<'a> {
     /// Graceful stop: the last acknowledgement reaches the server before the
     /// stream closes (the crate sends no final status update by itself).
     async fn stop(&mut self, client: &mut ReplicationClient) {
-        let deadline = tokio::time::Instant::now() + self.cfg.source.status_interval * 3;
+        let wait = (self.cfg.source.status_interval * 3).min(Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + wait;
         let m = client.metrics();
         while Lsn::from(m.last_applied_lsn()) < self.acked.get()
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(e) = client.shutdown().await {
-            tracing::debug!(error = %e, "replication stream shutdown");
+        match tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "replication stream shutdown"),
+            Err(_) => client.abort(),
+            Ok(Ok(())) => {}
         }
     }
 }

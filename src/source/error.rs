@@ -1,6 +1,7 @@
 //! Why a capture session ended. [`super::policy`] decides what to do about it.
 
 use super::objects::ResolveError;
+use crate::dispatch::stream::StreamError;
 use crate::event::EventError;
 use crate::ledger::LedgerError;
 use crate::pg::{self, ConnectError};
@@ -29,8 +30,12 @@ pub enum CaptureError {
     UnknownRelation(u32),
     #[error("replication stream ended")]
     Ended,
-    #[error("the ledger writer stopped")]
-    WriterGone,
+    #[error(
+        "the replication connection did not start streaming within {0:?}: the server accepts connections but does not answer"
+    )]
+    StartTimeout(std::time::Duration),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
 
 impl From<tokio_postgres::Error> for CaptureError {
@@ -47,6 +52,7 @@ impl CaptureError {
             CaptureError::Ledger(e) => e.sqlstate(),
             CaptureError::Connect(e) => e.sqlstate(),
             CaptureError::Catalog(e) => e.sqlstate(),
+            CaptureError::Stream(StreamError::Ledger(e)) => e.sqlstate(),
             CaptureError::Objects(ResolveError::Catalog(e)) => e.sqlstate(),
             CaptureError::Objects(ResolveError::Ledger(e)) => e.sqlstate(),
             _ => None,

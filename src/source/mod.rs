@@ -11,4 +11,3 @@ pub mod policy;
 pub mod relations;
 pub mod setup;
 pub mod teardown;
-pub mod writer;

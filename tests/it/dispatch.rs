@@ -70,7 +70,10 @@ async fn states(client: &tokio_postgres::Client) -> HashMap<String, HashMap<Stri
     let mut out: HashMap<String, HashMap<String, i64>> = HashMap::new();
     for r in client
         .query(
-            "SELECT endpoint_id, status, count(*) FROM walhook.deliveries GROUP BY 1, 2",
+            &format!(
+                "SELECT endpoint_id, status, count(*) FROM {} GROUP BY 1, 2",
+                app::ALL_DELIVERIES
+            ),
             &[],
         )
         .await
@@ -682,13 +685,26 @@ async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
         .execute("INSERT INTO leads VALUES ('l1', 'Ada', 1)", &[])
         .await
         .unwrap();
+    let committed: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     recv.wait_for_requests(1, Duration::from_secs(20)).await;
-    // The attempt is in flight (the receiver answers after 1.5 s): stop now.
+    // The first attempt is in flight (the receiver answers after 1.5 s):
+    // stop now. It goes to the retry ledger after spill_after (1 s), goes
+    // on, and its answer is recorded there before the process exits.
+    let stopped_at = std::time::Instant::now();
     send_signal(child.id(), "TERM");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "graceful stop exits 0: {status:?}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped_at.elapsed()
+    );
     let row = client
         .query_one(
             "SELECT status, attempts, lease_owner FROM walhook.deliveries",
@@ -703,16 +719,17 @@ async fn sigterm_finishes_in_flight_attempts_and_exits_zero() {
     );
     assert_eq!(row.get::<_, i32>(1), 1);
     assert_eq!(row.get::<_, Option<String>>(2), None);
+    assert_eq!(recv.requests().len(), 1, "sent once");
     // The slot was acknowledged before the stream closed: nothing to replay.
-    let lag: bool = client
+    let confirmed: bool = client
         .query_one(
-            "SELECT confirmed_flush_lsn >= (SELECT lsn FROM walhook.progress) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.name],
+            "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name, &committed],
         )
         .await
         .unwrap()
         .get(0);
-    assert!(lag);
+    assert!(confirmed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

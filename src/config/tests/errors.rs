@@ -195,7 +195,7 @@ fn secrets_never_in_errors() {
         endpoint("").replace("https://example.com/hook", &format!("https://[{S}]/")),
         minimal(
             "",
-            &format!("[ledger]\nurl = \"postgres://u:{S}@127.0.0.1/x\"\n"),
+            &format!("[ledger]\nurl = \"postgres://u:{S}@127.0.0.1/x?sslmode=nope\"\n"),
         ),
         // Syntax errors: an unterminated string holding a secret.
         minimal("", &format!("[admin]\ntoken = \"{S}\n")),

@@ -48,17 +48,26 @@ fn source_names() {
 fn ledger_url() {
     let same = parse_ok(&minimal("", &format!("[ledger]\nurl = \"{DB_URL}\"\n")));
     assert!(same.ledger.url.is_none());
-    let other = minimal(
+    assert_eq!(same.ledger_url().expose(), DB_URL);
+    let other = parse_ok(&minimal(
         "",
-        "[ledger]\nurl = \"postgres://u:ledger-pass@127.0.0.1/other\"\n",
+        "[ledger]\nurl = \"postgres://u:ledger-pass@127.0.0.1/other\"\nkeep_bodies = \"all\"\nretention = \"2d\"\n",
+    ));
+    assert_eq!(
+        other.ledger_url().expose(),
+        "postgres://u:ledger-pass@127.0.0.1/other"
     );
-    let msg = parse_err(&other);
-    assert!(msg.contains("`ledger.url`"), "{msg}");
-    assert!(
-        msg.contains("separate ledger database is not supported yet"),
-        "{msg}"
+    assert_eq!(other.ledger.keep_bodies, KeepBodies::All);
+    assert_eq!(other.ledger.retention, Duration::from_secs(2 * 86_400));
+    assert_eq!(
+        other.ledger.retention_failed,
+        Duration::from_secs(30 * 86_400)
     );
-    assert!(!msg.contains("ledger-pass"), "{msg}");
+    assert!(!format!("{other:?}").contains("ledger-pass"));
+    assert_err(
+        &minimal("", "[ledger]\nkeep_bodies = \"some\"\n"),
+        &["`ledger.keep_bodies`", "\"failed\" or \"all\""],
+    );
     assert_err(
         &minimal("", "[ledger]\nurl_env = \"LEDGER_DB\"\n"),
         &["`ledger.url_env`", "LEDGER_DB", "not set"],
@@ -384,17 +393,16 @@ fn delivery_settings() {
             &["`delivery.header_prefix`"],
         );
     }
+    // Leases are renewed while an attempt runs: a timeout may exceed them.
+    let c = parse_ok(&endpoint("timeout = \"60s\"\n[delivery]\nlease = \"5s\"\n"));
+    assert_eq!(c.delivery.lease, Duration::from_secs(5));
     assert_err(
-        &endpoint("timeout = \"60s\"\n"),
-        &[
-            "`delivery.lease`",
-            "longer than every endpoint timeout",
-            "`crm`",
-        ],
+        &minimal("", "[delivery]\nspill_after = \"0s\"\n"),
+        &["`delivery.spill_after`"],
     );
     assert_err(
-        &endpoint("timeout = \"30s\"\n[delivery]\nlease = \"20s\"\n"),
-        &["`delivery.lease`"],
+        &minimal("", "[delivery]\nwindow = 0\n"),
+        &["`delivery.window`"],
     );
     assert_err(
         &endpoint("[delivery]\nnotify_endpoint = \"ops\"\n"),

@@ -207,7 +207,9 @@ fn defaults() {
     assert_eq!(c.delivery.ordering, Ordering::PerRecord);
     assert_eq!(c.delivery.max_in_flight, 256);
     assert_eq!(c.delivery.header_prefix.as_str(), "x-superleap");
-    assert_eq!(c.delivery.lease, Duration::from_secs(60));
+    assert_eq!(c.delivery.lease, Duration::from_secs(15));
+    assert_eq!(c.delivery.spill_after, Duration::from_secs(1));
+    assert_eq!(c.ledger.keep_bodies, KeepBodies::Failed);
     assert_eq!(c.delivery.endpoint_disable_after, None);
     assert_eq!(c.delivery.notify_endpoint, None);
     let r = &c.delivery.retry;

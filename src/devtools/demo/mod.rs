@@ -273,7 +273,7 @@ async fn scenario(
         });
     }
 
-    let events = events_by_name(&db, &cfg.ledger.schema).await?;
+    let events = events_by_name(&db, &cfg.ledger.schema, script.len()).await?;
     let summary = receiver.with_log(|log| summarize(&cfg, &expected, events, log));
     printer.print(&render_summary(&summary));
     check(&summary, &script, &receiver)?;
@@ -390,15 +390,17 @@ async fn play_script(
 async fn events_by_name(
     db: &tokio_postgres::Client,
     schema: &str,
+    expected: usize,
 ) -> Result<BTreeMap<String, i64>, DemoError> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT name, count(*) FROM {}.events GROUP BY name",
-                quote_ident(schema)
-            ),
-            &[],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    // The stream counts events as it records its deliveries, a moment
+    // after the receiver has them.
+    let ledger = crate::ledger::Ledger::new(schema);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = ledger.event_counts(db).await?;
+        if counts.total as usize >= expected || Instant::now() >= deadline {
+            return Ok(counts.by_name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -161,7 +161,10 @@ impl Scenario {
     pub async fn count(&self, endpoint: &str, status: &str) -> i64 {
         self.client
             .query_one(
-                "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = $1 AND status = $2",
+                &format!(
+                    "SELECT count(*) FROM {} WHERE endpoint_id = $1 AND status = $2",
+                    super::app::ALL_DELIVERIES
+                ),
                 &[&endpoint, &status],
             )
             .await
@@ -187,7 +190,10 @@ impl Scenario {
     pub async fn delivery_id(&self, endpoint: &str, status: &str) -> i64 {
         self.client
             .query_one(
-                "SELECT max(id) FROM walhook.deliveries WHERE endpoint_id = $1 AND status = $2",
+                &format!(
+                    "SELECT max(id) FROM {} WHERE endpoint_id = $1 AND status = $2",
+                    super::app::ALL_DELIVERIES
+                ),
                 &[&endpoint, &status],
             )
             .await
@@ -199,7 +205,8 @@ impl Scenario {
     pub async fn attempts(&self, delivery: i64) -> i64 {
         self.client
             .query_one(
-                "SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1",
+                "SELECT (SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1)
+                      + (SELECT count(*) FROM walhook.delivered WHERE delivery_id = $1)",
                 &[&delivery],
             )
             .await

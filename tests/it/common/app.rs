@@ -11,9 +11,20 @@ use walhook::config::Config;
 
 use super::TestDb;
 
+/// An endpoint nothing listens at: with `--no-dispatch` (capture only)
+/// every delivery to it waits in the ledger, so its events can be read there.
+pub const SINK_ENDPOINT: &str =
+    "[[endpoints]]\nid = \"sink\"\nurl = \"http://127.0.0.1:9/never\"\nsecret = \"sink-secret\"\n";
+
 /// A config for `db`: the slot is named after the database (slots are
-/// cluster-wide), admin HTTP off unless `extra` says otherwise.
+/// cluster-wide), admin HTTP off unless `extra` says otherwise, and
+/// [`SINK_ENDPOINT`] when `rest` names no endpoint.
 pub fn config_text(db: &TestDb, objects: &str, rest: &str) -> String {
+    let sink = if rest.contains("[[endpoints]]") {
+        ""
+    } else {
+        SINK_ENDPOINT
+    };
     format!(
         r#"[source]
 url = "{url}"
@@ -26,6 +37,8 @@ connect_timeout = "5s"
 {objects}
 
 {rest}
+
+{sink}
 "#,
         url = db.url,
         slot = db.name,
@@ -166,6 +179,12 @@ pub fn kill9(child: &mut Child) {
     child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     child.wait().expect("reap");
 }
+
+/// Every delivery, whether it waited in the ledger (`deliveries`) or its
+/// first attempt succeeded from the stream (`delivered`), as a subquery with
+/// columns `id`, `endpoint_id`, `status`.
+pub const ALL_DELIVERIES: &str = "(SELECT id, endpoint_id, status FROM walhook.deliveries
+      UNION ALL SELECT delivery_id, endpoint_id, 'succeeded' FROM walhook.delivered) all_deliveries";
 
 /// Events in the ledger, in capture order: (name, record_key, body).
 pub async fn events(client: &tokio_postgres::Client) -> Vec<(String, String, serde_json::Value)> {
