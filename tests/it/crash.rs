@@ -9,7 +9,7 @@ use crate::common::app::{self, LEADS, LEADS_OBJECTS};
 use crate::common::{TestDb, fresh_db, wait_until};
 use rand::{Rng, SeedableRng};
 
-async fn current_lsn(client: &tokio_postgres::Client) -> String {
+pub(crate) async fn current_lsn(client: &tokio_postgres::Client) -> String {
     client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -18,7 +18,7 @@ async fn current_lsn(client: &tokio_postgres::Client) -> String {
 }
 
 /// (verb, key) -> count, from the wal2json oracle slot.
-async fn oracle_changes(
+pub(crate) async fn oracle_changes(
     client: &tokio_postgres::Client,
     slot: &str,
 ) -> BTreeMap<(String, String), u32> {
@@ -65,7 +65,7 @@ async fn ledger_changes(client: &tokio_postgres::Client) -> BTreeMap<(String, St
 
 /// 20,000 row changes in transactions of 1 to 60 changes: inserts, updates
 /// that always change something, deletes.
-async fn workload(db: TestDb, total: usize) {
+pub(crate) async fn workload(db: TestDb, total: usize) {
     let mut client = db.connect().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut next_id = 0u64;

@@ -13,6 +13,7 @@ mod crash;
 mod demo;
 mod dispatch;
 mod embedded;
+mod fast_path;
 mod http_attempt;
 mod listen;
 mod retry_race;
