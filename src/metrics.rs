@@ -32,8 +32,8 @@ pub struct Metrics {
     last_commit_unix_micros: AtomicI64,
     truncates: AtomicU64,
     events_captured: Mutex<BTreeMap<String, u64>>,
-    /// (endpoint, outcome) -> count; outcome is `success`, `failure` or `disabled`.
-    deliveries: Mutex<BTreeMap<(String, String), u64>>,
+    /// endpoint -> outcome -> count; outcome is `success`, `failure` or `disabled`.
+    deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<Histogram>,
     new_deliveries: Notify,
 }
@@ -81,16 +81,27 @@ impl Metrics {
         self.events_captured.lock().unwrap().clone()
     }
 
-    pub fn delivery_outcome(&self, endpoint: &str, outcome: &str) {
-        *self
-            .deliveries
-            .lock()
-            .unwrap()
-            .entry((endpoint.to_string(), outcome.to_string()))
-            .or_default() += 1;
+    /// Count one attempt of `endpoint` ending in `outcome` (`success`,
+    /// `failure` or `disabled`).
+    pub fn delivery_outcome(&self, endpoint: &str, outcome: &'static str) {
+        let mut m = self.deliveries.lock().unwrap();
+        // Looked up before inserting: the hot path allocates nothing.
+        match m.get_mut(endpoint) {
+            Some(counts) => *counts.entry(outcome).or_default() += 1,
+            None => {
+                m.insert(endpoint.to_string(), BTreeMap::from([(outcome, 1)]));
+            }
+        }
     }
     pub fn deliveries(&self) -> BTreeMap<(String, String), u64> {
-        self.deliveries.lock().unwrap().clone()
+        let m = self.deliveries.lock().unwrap();
+        m.iter()
+            .flat_map(|(ep, counts)| {
+                counts
+                    .iter()
+                    .map(move |(outcome, n)| ((ep.clone(), outcome.to_string()), *n))
+            })
+            .collect()
     }
 
     pub fn observe_attempt_seconds(&self, secs: f64) {

@@ -365,7 +365,12 @@ impl Engine {
 
     fn on_event(&mut self, mut c: Captured) {
         self.deps.metrics.event_captured(&c.event.name);
-        *self.captured.entry(c.event.name.clone()).or_default() += 1;
+        match self.captured.get_mut(&c.event.name) {
+            Some(n) => *n += 1,
+            None => {
+                self.captured.insert(c.event.name.clone(), 1);
+            }
+        }
         let subs = self.subscribers(&c.event.name);
         if subs.is_empty() {
             return;
