@@ -100,6 +100,8 @@ struct Delivery {
     ev: Arc<Ev>,
     ep: usize,
     state: State,
+    /// Its spill pins its record in [`Order`] until committed.
+    pinned: bool,
 }
 
 struct Attempted {
@@ -392,7 +394,16 @@ impl Engine {
             self.window_bytes += ev.body.len();
             let state = State::Queued;
             let ev = ev.clone();
-            self.live.insert(id, Delivery { ev, ep, state });
+            let pinned = false;
+            self.live.insert(
+                id,
+                Delivery {
+                    ev,
+                    ep,
+                    state,
+                    pinned,
+                },
+            );
             self.route(id);
         }
     }

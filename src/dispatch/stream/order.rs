@@ -92,9 +92,22 @@ impl<K: Copy + PartialEq> Order<K> {
     }
 
     /// Every delivery of `key` in memory, oldest first, handed to the
-    /// ledger: from now on the record waits there. Call [`Order::written`]
-    /// once the spill is committed.
+    /// ledger: from now on the record waits there. [`Order::pin`] each one
+    /// that is written there.
     pub fn spill(&mut self, key: &RecordKey, now: Instant) -> Vec<K> {
+        self.in_ledger.entry(key.clone()).or_insert(InLedger {
+            writing: 0,
+            committed_at: now,
+        });
+        self.queues
+            .remove(key)
+            .map(|q| q.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// A delivery of `key` is being written to the ledger: nothing clears
+    /// the record until [`Order::written`] says it is committed.
+    pub fn pin(&mut self, key: &RecordKey, now: Instant) {
         self.in_ledger
             .entry(key.clone())
             .or_insert(InLedger {
@@ -102,10 +115,6 @@ impl<K: Copy + PartialEq> Order<K> {
                 committed_at: now,
             })
             .writing += 1;
-        self.queues
-            .remove(key)
-            .map(|q| q.into_iter().collect())
-            .unwrap_or_default()
     }
 
     /// A spill of `key` was committed at `at`.
@@ -178,6 +187,7 @@ mod tests {
         o.route(&key("a"), 1);
         o.route(&key("a"), 2);
         assert_eq!(o.spill(&key("a"), t0), vec![1, 2]);
+        o.pin(&key("a"), t0);
         assert_eq!(o.route(&key("a"), 3), Route::Ledger);
         // Nothing clears it while the spill is being written.
         o.cleared([key("a")], t0 + Duration::from_secs(1));

@@ -81,7 +81,7 @@ impl Engine {
     }
 
     /// A slot of `ep` is free: start the next ready delivery.
-    fn free_slot(&mut self, ep: usize) {
+    pub(super) fn free_slot(&mut self, ep: usize) {
         self.eps[ep].in_flight = self.eps[ep].in_flight.saturating_sub(1);
         while let Some(next) = self.eps[ep].ready.pop_front() {
             if self
@@ -197,10 +197,11 @@ impl Engine {
             }
             let ep = d.ep;
             let key = (ep, d.ev.record.clone());
-            self.free_slot(ep);
             if self.per_record {
+                // Frees the slot of the attempt that goes on, leased.
                 self.spill_record(&key, None);
             } else {
+                self.free_slot(ep);
                 self.spill_one(id, SpillState::Leased);
             }
             self.trouble(ep);
@@ -238,16 +239,17 @@ impl Engine {
             let state = self.live.get(&id).map(|d| &d.state);
             let spill = match state {
                 Some(State::Queued) => SpillState::Pending,
-                Some(State::InFlight) => {
-                    self.eps[ep].in_flight = self.eps[ep].in_flight.saturating_sub(1);
-                    SpillState::Leased
-                }
+                Some(State::InFlight) => SpillState::Leased,
                 // Already spilled with its record.
                 _ => continue,
             };
             if self.per_record {
+                // Frees the slots of attempts that go on, leased.
                 self.spill_record(&(ep, record), None);
             } else {
+                if matches!(spill, SpillState::Leased) {
+                    self.free_slot(ep);
+                }
                 self.spill_one(id, spill);
             }
         }

@@ -16,6 +16,8 @@ use crate::pg::now_unix_ms;
 impl Engine {
     /// Every delivery of `key` in memory goes to the ledger, in order: the
     /// one in flight leased, `failed` with its attempt, the rest pending.
+    /// An attempt still in flight goes on, leased, outside the endpoint's
+    /// fast-path slots (its slot is freed here).
     pub(super) fn spill_record(&mut self, key: &RecordKey, failed: Option<(u64, SpillState)>) {
         let mut failed = failed;
         for id in self.order.spill(key, Instant::now()) {
@@ -24,7 +26,10 @@ impl Engine {
                 (other, current) => {
                     failed = other;
                     match current {
-                        Some(State::InFlight) => SpillState::Leased,
+                        Some(State::InFlight) => {
+                            self.free_slot(key.0);
+                            SpillState::Leased
+                        }
                         _ => SpillState::Pending,
                     }
                 }
@@ -51,6 +56,12 @@ impl Engine {
         };
         let ep = &mut self.eps[d.ep];
         ep.spilling += 1;
+        // A parked endpoint's records need no pin: it leaves the parking
+        // only when none of its spills is in flight.
+        d.pinned = self.per_record && ep.parked.is_none();
+        if d.pinned {
+            self.order.pin(&(d.ep, d.ev.record.clone()), Instant::now());
+        }
         self.spill.push(SpillItem {
             id,
             ev: d.ev.clone(),
@@ -86,7 +97,7 @@ impl Engine {
         let ep = &mut self.eps[d.ep];
         ep.spilling = ep.spilling.saturating_sub(1);
         ep.spilled_at = now;
-        if self.per_record {
+        if d.pinned {
             self.order.written(&(d.ep, d.ev.record.clone()), now);
         }
         let leased = match &mut d.state {
