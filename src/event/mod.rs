@@ -10,6 +10,7 @@
 //! - [`filter`]: endpoint event filters (`*`, `slug.*`, `*.verb`, names).
 //! - [`system`]: the events walhook makes itself.
 
+pub mod custom;
 pub mod filter;
 pub mod id;
 pub mod map;

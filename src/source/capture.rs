@@ -19,7 +19,7 @@ use super::setup;
 use crate::config::Config;
 use crate::dispatch::stream::{Stream, StreamDeps};
 use crate::event::stream::{Captured, StreamItem};
-use crate::event::{ChangeContext, map_change};
+use crate::event::{ChangeContext, custom, map_change};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pg::{self, ConnectError, Lsn, PG_EPOCH_OFFSET_MICROS, Progress};
@@ -249,6 +249,12 @@ impl<'a> Session<'a> {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     self.keepalive(wal_end.into()).await?
                 }
+                ReplicationEvent::Message {
+                    transactional,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == custom::PREFIX => self.custom(transactional, &content),
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
@@ -317,6 +323,38 @@ impl<'a> Session<'a> {
             });
         }
         Ok(())
+    }
+
+    /// A `walhook` logical message: a custom event of the open transaction
+    /// (see [`crate::event::custom`]). One that cannot be delivered is
+    /// logged and skipped: it is the application's to fix.
+    fn custom(&mut self, transactional: bool, content: &[u8]) {
+        let Some(txn) = self.txn.as_mut().filter(|_| transactional) else {
+            tracing::warn!(
+                "a non-transactional `walhook` message is not delivered: emit it with pg_logical_emit_message(true, 'walhook', ...) inside the transaction"
+            );
+            return;
+        };
+        let index = txn.change_index;
+        txn.change_index += 1;
+        let ctx = ChangeContext {
+            source_name: &self.cfg.source.name,
+            commit_lsn: txn.commit_lsn,
+            commit_time_unix_micros: txn.commit_time_unix_micros,
+            change_index: index,
+        };
+        match custom::from_message(content, &ctx) {
+            Ok(event) => {
+                self.chunk_bytes += event.body.len();
+                self.chunk.push(Captured {
+                    event,
+                    commit_lsn: txn.commit_lsn,
+                    change_index: index,
+                    commit_time_unix_micros: txn.commit_time_unix_micros,
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "a `walhook` message is not delivered"),
+        }
     }
 
     /// TRUNCATE emits no row events: it is logged and counted.

@@ -10,6 +10,7 @@ mod admin_cli;
 mod browser;
 mod capture;
 mod crash;
+mod custom_events;
 mod demo;
 mod dispatch;
 mod embedded;
