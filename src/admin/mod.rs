@@ -17,6 +17,7 @@
 pub mod api;
 pub mod check;
 pub mod human;
+pub mod init;
 pub mod ping;
 pub mod render;
 pub mod reports;
