@@ -115,3 +115,19 @@ CREATE TABLE IF NOT EXISTS "walhook".objects (
     excluded_names   text[] NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE TABLE IF NOT EXISTS "walhook".backfills (
+    id           bigserial PRIMARY KEY,
+    slug         text NOT NULL,
+    endpoint_id  text,
+    where_sql    text,
+    as_create    boolean NOT NULL DEFAULT false,
+    rate         double precision,
+    state        text NOT NULL DEFAULT 'queued'
+                 CHECK (state IN ('queued', 'running', 'done', 'cancelled', 'failed')),
+    last_key     text[],
+    rows_sent    bigint NOT NULL DEFAULT 0,
+    error        text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);

@@ -17,6 +17,9 @@ pub struct Captured {
     pub change_index: u32,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_unix_micros: i64,
+    /// Only for this endpoint (a backfill with `--endpoint`), else for every
+    /// subscribed one.
+    pub only: Option<String>,
 }
 
 /// One item of the captured stream.

@@ -12,6 +12,7 @@
 //! transaction. Events are keyed by their deterministic id, so replaying the
 //! same WAL inserts nothing twice.
 
+pub mod backfills;
 pub mod history;
 pub mod notify;
 pub mod objects;

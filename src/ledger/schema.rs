@@ -8,7 +8,7 @@ use super::{Ledger, LedgerError};
 use crate::pg::quote_ident;
 
 /// The tables [`ddl`] creates, in order.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "events",
     "progress",
     "counters",
@@ -17,6 +17,7 @@ pub const TABLES: [&str; 8] = [
     "attempts",
     "delivered",
     "objects",
+    "backfills",
 ];
 
 /// The table `walhook setup` creates last: when it exists, the schema is
@@ -153,6 +154,24 @@ const DDL: &[&str] = &[
     excluded_attnums int2[] NOT NULL,
     excluded_names   text[] NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now()
+)"#,
+    // Backfills asked for by `walhook backfill`, run by the capturing
+    // process chunk by chunk; `last_key` is the key of the last row of the
+    // last chunk whose events are resolved, so a restart resumes after it.
+    r#"CREATE TABLE IF NOT EXISTS {schema}.backfills (
+    id           bigserial PRIMARY KEY,
+    slug         text NOT NULL,
+    endpoint_id  text,
+    where_sql    text,
+    as_create    boolean NOT NULL DEFAULT false,
+    rate         double precision,
+    state        text NOT NULL DEFAULT 'queued'
+                 CHECK (state IN ('queued', 'running', 'done', 'cancelled', 'failed')),
+    last_key     text[],
+    rows_sent    bigint NOT NULL DEFAULT 0,
+    error        text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
 )"#,
 ];
 

@@ -5,12 +5,14 @@
 //! any moment replays from there: at worst an event is sent again, with the
 //! same id and body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::backfill;
 use super::error::CaptureError;
 use super::objects;
 use super::policy::{self, Backoff, Policy};
@@ -140,6 +142,8 @@ struct Session<'a> {
     acked: Progress,
     /// The mapped tables' relation oids.
     relids: Vec<u32>,
+    /// The backfill chunk between its watermarks.
+    window: Arc<backfill::Window>,
 }
 
 impl<'a> Session<'a> {
@@ -157,6 +161,20 @@ impl<'a> Session<'a> {
         let relids = mapping.relids();
         check_publication(&db, cfg, &relids).await?;
         let stream = Stream::start(deps.clone()).await?;
+        let window = Arc::new(backfill::Window::default());
+        // Backfills run while this session reads the slot (they need its
+        // watermarks), and stop with it.
+        let runner_stop = shutdown.child_token();
+        let _stop_runner = runner_stop.clone().drop_guard();
+        tokio::spawn(
+            backfill::Runner {
+                cfg: deps.cfg.clone(),
+                metrics: deps.metrics.clone(),
+                objects: mapping.objects.clone(),
+                window: window.clone(),
+            }
+            .run(runner_stop),
+        );
         let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
         tokio::time::timeout(login, client.wait_started())
             .await
@@ -177,6 +195,7 @@ impl<'a> Session<'a> {
             idle_at: Lsn::ZERO,
             acked: Progress::default(),
             relids,
+            window,
         };
         let result = s.stream(&mut client, shutdown).await;
         match result {
@@ -244,6 +263,7 @@ impl<'a> Session<'a> {
                         .set_last_commit_unix_micros(commit_time_micros + PG_EPOCH_OFFSET_MICROS);
                     self.hand_over().await?;
                     let end_lsn = end_lsn.into();
+                    self.window.committed(end_lsn);
                     self.stream.send(StreamItem::Commit { end_lsn }).await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -255,6 +275,9 @@ impl<'a> Session<'a> {
                     content,
                     ..
                 } if prefix == custom::PREFIX => self.custom(transactional, &content),
+                ReplicationEvent::Message {
+                    prefix, content, ..
+                } if prefix == backfill::WATERMARK_PREFIX => self.watermark(&content),
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
@@ -314,12 +337,14 @@ impl<'a> Session<'a> {
             change_index: index,
         };
         if let Some(event) = map_change(map, change, &ctx)? {
+            self.window.changed(relation_id, &event.record_key);
             self.chunk_bytes += event.body.len();
             self.chunk.push(Captured {
                 event,
                 commit_lsn: txn.commit_lsn,
                 change_index: index,
                 commit_time_unix_micros: txn.commit_time_unix_micros,
+                only: None,
             });
         }
         Ok(())
@@ -351,9 +376,41 @@ impl<'a> Session<'a> {
                     commit_lsn: txn.commit_lsn,
                     change_index: index,
                     commit_time_unix_micros: txn.commit_time_unix_micros,
+                    only: None,
                 });
             }
             Err(e) => tracing::warn!(error = %e, "a `walhook` message is not delivered"),
+        }
+    }
+
+    /// A backfill watermark: at the high one, the chunk's rows the stream did
+    /// not change meanwhile are handed over here, in the stream's order.
+    fn watermark(&mut self, content: &[u8]) {
+        let Ok(mark) = serde_json::from_slice::<backfill::Watermark>(content) else {
+            return;
+        };
+        let (Some((events, only)), Some(txn)) = (self.window.watermark(mark), self.txn.as_mut())
+        else {
+            return;
+        };
+        for event in events {
+            let index = txn.change_index;
+            txn.change_index += 1;
+            let ctx = ChangeContext {
+                source_name: &self.cfg.source.name,
+                commit_lsn: txn.commit_lsn,
+                commit_time_unix_micros: txn.commit_time_unix_micros,
+                change_index: index,
+            };
+            let event = backfill::place(event, &ctx);
+            self.chunk_bytes += event.body.len();
+            self.chunk.push(Captured {
+                event,
+                commit_lsn: txn.commit_lsn,
+                change_index: index,
+                commit_time_unix_micros: txn.commit_time_unix_micros,
+                only: only.clone(),
+            });
         }
     }
 

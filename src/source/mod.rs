@@ -4,6 +4,7 @@
 //! it needs in the database.
 
 pub mod align;
+pub mod backfill;
 pub mod capture;
 pub mod error;
 pub mod objects;

@@ -7,6 +7,7 @@ mod common;
 
 mod admin_api;
 mod admin_cli;
+mod backfill;
 mod browser;
 mod capture;
 mod crash;

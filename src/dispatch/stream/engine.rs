@@ -373,7 +373,14 @@ impl Engine {
                 self.captured.insert(c.event.name.clone(), 1);
             }
         }
-        let subs = self.subscribers(&c.event.name);
+        let mut subs = self.subscribers(&c.event.name);
+        if let Some(only) = &c.only {
+            subs = subs
+                .iter()
+                .copied()
+                .filter(|&i| *self.eps[i].id == **only)
+                .collect();
+        }
         if subs.is_empty() {
             return;
         }
