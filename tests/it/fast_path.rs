@@ -74,13 +74,7 @@ async fn kill_9_during_a_burst_with_failures_loses_nothing_and_keeps_order() {
     app::setup(&app::parse(&text)).await;
     let oracle = format!("{}_oracle", db.name);
     let client = db.connect().await;
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'wal2json')",
-            &[&oracle],
-        )
-        .await
-        .unwrap();
+    crate::crash::oracle_slot(&client, &oracle).await;
     let (_dir, path) = app::write_config(&text);
     let mut child = app::spawn_run(&path, &["--no-admin"]);
     let work = tokio::spawn(workload(db.clone(), 6_000));
