@@ -73,6 +73,77 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// `setup` makes the ledger in `led`, `--print-sql` says which statements
+/// go where, and `check` passes.
+fn set_up(path: &std::path::Path, led: &TestDb) {
+    let out = cli_ok(path, &["setup"]);
+    assert!(
+        out.contains("ledger schema walhook in postgres@127.0.0.1:") && out.contains(&led.name),
+        "{out}"
+    );
+    let sql = cli_ok(path, &["setup", "--print-sql"]);
+    let (ledger_part, source_part) = sql
+        .split_once("-- In the source database")
+        .unwrap_or_else(|| panic!("no source section:\n{sql}"));
+    assert!(ledger_part.contains("-- In the ledger database") && ledger_part.contains(&led.name));
+    assert!(
+        ledger_part.contains("CREATE TABLE IF NOT EXISTS \"walhook\".events"),
+        "{sql}"
+    );
+    assert!(!source_part.contains("\"walhook\"."), "{sql}");
+    assert!(source_part.contains("CREATE PUBLICATION"), "{sql}");
+    let check = json(&cli_ok(path, &["check", "--json"]));
+    let names: Vec<&str> = check["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ledger database"), "{check}");
+    assert!(check["ok"].as_bool().unwrap(), "{check}");
+}
+
+/// The source database holds no schema and no relation of walhook's.
+async fn assert_source_untouched(source: &tokio_postgres::Client) {
+    assert!(!schema_exists(source, "walhook").await);
+    let relations = scalar(
+        source,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'public')",
+    )
+    .await;
+    assert_eq!(relations, 0, "no relation of walhook's in the source");
+}
+
+/// `status` (JSON and human), `deliveries list` and `endpoints list` read
+/// the ledger database, the slot from the source.
+fn reports_follow_the_ledger(path: &std::path::Path, led: &TestDb) {
+    let status = json(&cli_ok(path, &["status", "--json"]));
+    let ledger_db = status["ledger_database"].as_str().unwrap();
+    assert!(ledger_db.contains(&led.name), "{status}");
+    assert!(status["slot"]["exists"].as_bool().unwrap(), "{status}");
+    assert_eq!(status["deliveries"]["succeeded"], 6, "{status}");
+    let bytes = status["ledger_size"]["total_bytes"].as_i64().unwrap();
+    assert!(bytes > 0, "{status}");
+    let human = cli_ok(path, &["status"]);
+    assert!(human.contains("ledger     schema walhook in "), "{human}");
+    let list = json(&cli_ok(path, &["deliveries", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 6, "{list}");
+    let args = ["deliveries", "list", "--endpoint", "flaky", "--json"];
+    let flaky = json(&cli_ok(path, &args));
+    assert_eq!(flaky.as_array().unwrap().len(), 3, "{flaky}");
+    let endpoints = cli_ok(path, &["endpoints", "list"]);
+    assert!(endpoints.contains("flaky"), "{endpoints}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_and_delivery_with_the_ledger_in_another_database() {
     let src = fresh_db("ldb_src").await;
@@ -92,46 +163,17 @@ async fn capture_and_delivery_with_the_ledger_in_another_database() {
     );
     let text = config(&src, &led.url, &rest);
     let (_dir, path) = app::write_config(&text);
-
-    let out = cli_ok(&path, &["setup"]);
-    assert!(
-        out.contains("ledger schema walhook in postgres@127.0.0.1:") && out.contains(&led.name),
-        "{out}"
-    );
-    let sql = cli_ok(&path, &["setup", "--print-sql"]);
-    let (ledger_part, source_part) = sql
-        .split_once("-- In the source database")
-        .unwrap_or_else(|| panic!("no source section:\n{sql}"));
-    assert!(ledger_part.contains("-- In the ledger database") && ledger_part.contains(&led.name));
-    assert!(
-        ledger_part.contains("CREATE TABLE IF NOT EXISTS \"walhook\".events"),
-        "{sql}"
-    );
-    assert!(!source_part.contains("\"walhook\"."), "{sql}");
-    assert!(source_part.contains("CREATE PUBLICATION"), "{sql}");
-    let check = cli_ok(&path, &["check", "--json"]);
-    let check = json(&check);
-    let names: Vec<&str> = check["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"ledger database"), "{check}");
-    assert!(check["ok"].as_bool().unwrap(), "{check}");
-
+    set_up(&path, &led);
     let source = src.connect().await;
     let ledger = led.connect().await;
-    assert!(!schema_exists(&source, "walhook").await);
     assert!(schema_exists(&ledger, "walhook").await);
+    assert_source_untouched(&source).await;
 
     let run = InProcess::start(app::parse(&text), walhook::Roles::default());
     for i in 1..=3 {
+        let key = format!("l{i}");
         source
-            .execute(
-                "INSERT INTO leads VALUES ($1, 'Ada', $2)",
-                &[&format!("l{i}"), &i],
-            )
+            .execute("INSERT INTO leads VALUES ($1, 'Ada', $2)", &[&key, &i])
             .await
             .unwrap();
     }
@@ -147,45 +189,13 @@ async fn capture_and_delivery_with_the_ledger_in_another_database() {
     .await;
     // `ok` took the fast path (a narrow `delivered` row each); `flaky`'s
     // failed first attempts went to the retry ledger and recovered there.
-    let spilled: i64 = ledger
-        .query_one(
-            "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'flaky' AND status = 'succeeded' AND attempts >= 2",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        spilled, 2,
-        "two failed first attempts retried from the ledger"
-    );
-    let fast: i64 = ledger
-        .query_one(
-            "SELECT count(*) FROM walhook.delivered WHERE endpoint_id = 'ok'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(fast, 3);
+    let retried = "SELECT count(*) FROM walhook.deliveries
+                   WHERE endpoint_id = 'flaky' AND status = 'succeeded' AND attempts >= 2";
+    assert_eq!(scalar(&ledger, retried).await, 2);
+    let fast = "SELECT count(*) FROM walhook.delivered WHERE endpoint_id = 'ok'";
+    assert_eq!(scalar(&ledger, fast).await, 3);
     assert_eq!(ok.requests().len(), 3);
-    assert!(
-        !schema_exists(&source, "walhook").await,
-        "the source holds no walhook schema"
-    );
-    let in_source: i64 = source
-        .query_one(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'public')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        in_source, 0,
-        "no relation of walhook's in the source database"
-    );
+    assert_source_untouched(&source).await;
 
     // The admin API reads the ledger database (and the slot from the source).
     let api = reqwest::get(format!("http://127.0.0.1:{admin_port}/api/status"))
@@ -195,57 +205,32 @@ async fn capture_and_delivery_with_the_ledger_in_another_database() {
         .await
         .unwrap();
     let api = json(&api);
-    assert!(
-        api["ledger_database"].as_str().unwrap().contains(&led.name),
-        "{api}"
-    );
+    let ledger_db = api["ledger_database"].as_str().unwrap();
+    assert!(ledger_db.contains(&led.name), "{api}");
     assert!(api["slot"]["exists"].as_bool().unwrap(), "{api}");
     assert_eq!(api["deliveries"]["succeeded"], 6, "{api}");
     run.stop().await;
-
-    let status = json(&cli_ok(&path, &["status", "--json"]));
-    assert!(
-        status["ledger_database"]
-            .as_str()
-            .unwrap()
-            .contains(&led.name),
-        "{status}"
-    );
-    assert!(status["slot"]["exists"].as_bool().unwrap(), "{status}");
-    assert_eq!(status["deliveries"]["succeeded"], 6, "{status}");
-    assert!(
-        status["ledger_size"]["total_bytes"].as_i64().unwrap() > 0,
-        "{status}"
-    );
-    let human = cli_ok(&path, &["status"]);
-    assert!(human.contains("ledger     schema walhook in "), "{human}");
-    let list = json(&cli_ok(&path, &["deliveries", "list", "--json"]));
-    assert_eq!(list.as_array().unwrap().len(), 6, "{list}");
-    let flaky_list = json(&cli_ok(
-        &path,
-        &["deliveries", "list", "--endpoint", "flaky", "--json"],
-    ));
-    assert_eq!(flaky_list.as_array().unwrap().len(), 3, "{flaky_list}");
-    let endpoints = cli_ok(&path, &["endpoints", "list"]);
-    assert!(
-        endpoints.contains("flaky") && endpoints.contains("ok"),
-        "{endpoints}"
-    );
+    reports_follow_the_ledger(&path, &led);
+    // Pruning works on the ledger database, with the slot's position read
+    // from the source (the spilled events are behind it, so they go too).
+    let pruned = json(&cli_ok(&path, &["prune", "--older-than", "1ms", "--json"]));
+    assert_eq!(pruned["events_considered"], true, "{pruned}");
+    let want = serde_json::json!({
+        "delivered": 4,
+        "deliveries_succeeded": 2,
+        "deliveries_disabled": 0,
+        "attempts": 4,
+        "events": 2,
+    });
+    assert_eq!(pruned["rows"], want, "{pruned}");
 
     let out = cli_ok(&path, &["teardown", "--yes", "--drop-ledger"]);
-    assert!(
-        out.contains("replication slot") && out.contains("ledger schema walhook dropped"),
-        "{out}"
+    assert!(out.contains("ledger schema walhook dropped"), "{out}");
+    let slot = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+        src.name
     );
-    let slots: i64 = source
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&src.name],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0);
+    assert_eq!(scalar(&source, &slot).await, 0);
     assert!(!schema_exists(&ledger, "walhook").await);
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use walhook::ledger::Ledger;
 
 use crate::common::app::{self, InProcess, LEADS, LEADS_OBJECTS};
-use crate::common::{Behaviour, Receiver, TestDb, fresh_db, wait_until};
+use crate::common::{Behaviour, Receiver, fresh_db, wait_until};
 
 /// Retries fast and gives up after 2 s (the three-day rule in seconds).
 const FAST_RETRY: &str = r#"
@@ -61,11 +61,28 @@ fn cli_json(path: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// Resolved deliveries (ledger or fast path) of `ep` in state `st`.
+fn by(ep: &str, st: &str) -> String {
+    format!(
+        "SELECT count(*) FROM {} WHERE endpoint_id = '{ep}' AND status = '{st}'",
+        app::ALL_DELIVERIES
+    )
+}
+
+/// A set-up database, its config file, and the receivers it delivers to.
+struct Scenario {
+    client: tokio_postgres::Client,
+    cfg: walhook::config::Config,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _receivers: Vec<Receiver>,
+}
+
 /// Four endpoints: `ok` (creates, answers 200: the fast path), `flaky`
 /// (updates, fails once: a ledger delivery that succeeds), `bad` (creates,
 /// always 500: disabled after 2 s) and `down` (creates, disabled by hand:
-/// its deliveries stay pending).
-async fn scenario(hint: &str, ledger: &str) -> (TestDb, String, Vec<Receiver>) {
+/// its deliveries stay pending). `ledger` goes into `[ledger]`.
+async fn scenario(hint: &str, ledger: &str) -> Scenario {
     let db = fresh_db(hint).await;
     db.psql(LEADS).await;
     let ok = Receiver::start(Behaviour::AlwaysOk).await;
@@ -87,47 +104,35 @@ async fn scenario(hint: &str, ledger: &str) -> (TestDb, String, Vec<Receiver>) {
         endpoint("down", "http://127.0.0.1:9/", "[\"lead.create\"]"),
     );
     let text = app::config_text(&db, LEADS_OBJECTS, &rest);
-    (db, text, vec![ok, flaky, bad])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_by_hand_removes_only_what_is_old_and_finished() {
-    let (db, text, _receivers) = scenario("retention_hand", "").await;
-    let (_dir, path) = app::write_config(&text);
+    let (dir, path) = app::write_config(&text);
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let (ok, _, err) = app::run_cli(&path, &["endpoints", "disable", "down"]);
-    assert!(ok, "{err}");
-    let client = db.connect().await;
-    let run = InProcess::start(cfg, walhook::Roles::default());
-    for i in 1..=3 {
+    let (done, _, err) = app::run_cli(&path, &["endpoints", "disable", "down"]);
+    assert!(done, "{err}");
+    Scenario {
+        client: db.connect().await,
+        cfg,
+        path,
+        _dir: dir,
+        _receivers: vec![ok, flaky, bad],
+    }
+}
+
+async fn insert_leads(client: &tokio_postgres::Client, keys: &[&str]) {
+    for key in keys {
         client
-            .execute(
-                "INSERT INTO leads VALUES ($1, 'Ada', 1)",
-                &[&format!("l{i}")],
-            )
+            .execute("INSERT INTO leads VALUES ($1, 'Ada', 1)", &[key])
             .await
             .unwrap();
     }
-    client
-        .execute("UPDATE leads SET score = 2 WHERE id = 'l1'", &[])
-        .await
-        .unwrap();
-    let t = Duration::from_secs(30);
-    let all = app::ALL_DELIVERIES;
-    let by = |ep: &str, st: &str| {
-        format!("SELECT count(*) FROM {all} WHERE endpoint_id = '{ep}' AND status = '{st}'")
-    };
-    wait_count(&client, &by("ok", "succeeded"), 3, t).await;
-    wait_count(&client, &by("flaky", "succeeded"), 1, t).await;
-    wait_count(&client, &by("bad", "disabled"), 3, t).await;
-    wait_count(&client, &by("down", "pending"), 3, t).await;
-    run.stop().await;
+}
 
-    // Age the history: two of `ok`'s fast-path rows and `flaky`'s ledger
-    // delivery are past the retention (7d), one of `bad`'s disabled
-    // deliveries is past `retention_failed` (30d) and one is not, and a
-    // pending delivery is older than both (open: it stays whatever its age).
+/// Ages the history: two of `ok`'s fast-path rows and `flaky`'s ledger
+/// delivery past the retention (7d), one of `bad`'s disabled deliveries past
+/// `retention_failed` (30d) and one not, and the pending deliveries older
+/// than both (open: they stay whatever their age). Returns the attempts of
+/// the deliveries that are now prunable.
+async fn age_history(client: &tokio_postgres::Client) -> i64 {
     client
         .batch_execute(
             "UPDATE walhook.delivered SET started_at = now() - interval '8 days'
@@ -145,16 +150,48 @@ async fn prune_by_hand_removes_only_what_is_old_and_finished() {
         )
         .await
         .unwrap();
-    let old_attempts = scalar(
-        &client,
+    scalar(
+        client,
         "SELECT count(*) FROM walhook.attempts a JOIN walhook.deliveries d ON d.id = a.delivery_id
-         WHERE d.endpoint_id = 'flaky' OR d.id = (SELECT min(id) FROM walhook.deliveries WHERE endpoint_id = 'bad')",
+         WHERE d.endpoint_id = 'flaky'
+            OR d.id = (SELECT min(id) FROM walhook.deliveries WHERE endpoint_id = 'bad')",
     )
-    .await;
-    assert!(
-        old_attempts >= 3,
-        "flaky's two attempts and bad's: {old_attempts}"
-    );
+    .await
+}
+
+/// A disabled delivery retried by hand is open again: pruning keeps it.
+async fn retried_is_kept(client: &tokio_postgres::Client, path: &std::path::Path) {
+    let all_old = "UPDATE walhook.deliveries SET updated_at = now() - interval '31 days'
+                   WHERE endpoint_id = 'bad'";
+    client.batch_execute(all_old).await.unwrap();
+    let first = "SELECT min(id) FROM walhook.deliveries WHERE endpoint_id = 'bad'";
+    let id = scalar(client, first).await.to_string();
+    let (ok, _, err) = app::run_cli(path, &["deliveries", "retry", &id]);
+    assert!(ok, "{err}");
+    let pruned = cli_json(path, &["prune", "--json"]);
+    assert_eq!(pruned["rows"]["deliveries_disabled"], 1, "{pruned}");
+    assert_eq!(scalar(client, &by("bad", "retrying")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_by_hand_removes_only_what_is_old_and_finished() {
+    let sc = scenario("retention_hand", "").await;
+    let (client, path) = (&sc.client, sc.path.as_path());
+    let run = InProcess::start(sc.cfg.clone(), walhook::Roles::default());
+    insert_leads(client, &["l1", "l2", "l3"]).await;
+    client
+        .execute("UPDATE leads SET score = 2 WHERE id = 'l1'", &[])
+        .await
+        .unwrap();
+    let t = Duration::from_secs(30);
+    wait_count(client, &by("ok", "succeeded"), 3, t).await;
+    wait_count(client, &by("flaky", "succeeded"), 1, t).await;
+    wait_count(client, &by("bad", "disabled"), 3, t).await;
+    wait_count(client, &by("down", "pending"), 3, t).await;
+    run.stop().await;
+
+    let old_attempts = age_history(client).await;
+    assert!(old_attempts >= 3, "flaky's two and bad's: {old_attempts}");
     let want = serde_json::json!({
         "delivered": 2,
         "deliveries_succeeded": 1,
@@ -163,141 +200,81 @@ async fn prune_by_hand_removes_only_what_is_old_and_finished() {
         // The update's event: only `flaky` referred to it.
         "events": 1,
     });
-
-    let before = table_counts(&client).await;
-    let dry = cli_json(&path, &["prune", "--dry-run", "--json"]);
+    let before = table_counts(client).await;
+    let dry = cli_json(path, &["prune", "--dry-run", "--json"]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["rows"], want, "{dry}");
     assert_eq!(
-        table_counts(&client).await,
+        table_counts(client).await,
         before,
         "--dry-run changes nothing"
     );
 
-    let done = cli_json(&path, &["prune", "--json"]);
+    let done = cli_json(path, &["prune", "--json"]);
     assert_eq!(done["dry_run"], false);
     assert_eq!(done["rows"], want, "{done}");
-    assert_eq!(scalar(&client, &by("ok", "succeeded")).await, 1);
-    assert_eq!(scalar(&client, &by("flaky", "succeeded")).await, 0);
-    assert_eq!(scalar(&client, &by("bad", "disabled")).await, 2);
-    assert_eq!(scalar(&client, &by("down", "pending")).await, 3);
+    assert_eq!(scalar(client, &by("ok", "succeeded")).await, 1);
+    assert_eq!(scalar(client, &by("flaky", "succeeded")).await, 0);
+    assert_eq!(scalar(client, &by("bad", "disabled")).await, 2);
+    assert_eq!(scalar(client, &by("down", "pending")).await, 3);
     let orphans = "SELECT count(*) FROM walhook.attempts a
                    WHERE NOT EXISTS (SELECT 1 FROM walhook.deliveries d WHERE d.id = a.delivery_id)";
-    assert_eq!(scalar(&client, orphans).await, 0);
+    assert_eq!(scalar(client, orphans).await, 0);
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM walhook.events").await,
+        scalar(client, "SELECT count(*) FROM walhook.events").await,
         3
     );
 
     // --older-than overrides the retention of succeeded history only: the
     // recent fast-path row goes, the 10-day-old disabled delivery stays.
-    let recent = cli_json(&path, &["prune", "--older-than", "1ms", "--json"]);
+    let recent = cli_json(path, &["prune", "--older-than", "1ms", "--json"]);
     assert_eq!(recent["rows"]["delivered"], 1, "{recent}");
     assert_eq!(recent["rows"]["deliveries_disabled"], 0, "{recent}");
     assert_eq!(recent["rows"]["events"], 0, "{recent}");
-    assert_eq!(scalar(&client, &by("bad", "disabled")).await, 2);
-    let (ok, human, _) = app::run_cli(&path, &["prune", "--dry-run"]);
-    assert!(
-        ok && human.contains("nothing changed") && human.contains("delivered"),
-        "{human}"
-    );
-
-    // Retried: a disabled delivery is open again and no longer prunable.
-    client
-        .batch_execute(
-            "UPDATE walhook.deliveries SET updated_at = now() - interval '31 days' WHERE endpoint_id = 'bad'",
-        )
-        .await
-        .unwrap();
-    let id = scalar(
-        &client,
-        "SELECT min(id) FROM walhook.deliveries WHERE endpoint_id = 'bad'",
-    )
-    .await;
-    let (ok, _, err) = app::run_cli(&path, &["deliveries", "retry", &id.to_string()]);
-    assert!(ok, "{err}");
-    let retried = cli_json(&path, &["prune", "--json"]);
-    assert_eq!(retried["rows"]["deliveries_disabled"], 1, "{retried}");
-    assert_eq!(scalar(&client, &by("bad", "retrying")).await, 1);
+    assert_eq!(scalar(client, &by("bad", "disabled")).await, 2);
+    let (ok, human, _) = app::run_cli(path, &["prune", "--dry-run"]);
+    assert!(ok && human.contains("nothing changed"), "{human}");
+    retried_is_kept(client, path).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_prunes_old_history_one_process_at_a_time() {
-    let (db, text, _receivers) = scenario(
-        "retention_run",
-        "retention = \"2s\"\nretention_failed = \"1h\"",
-    )
-    .await;
-    let (_dir, path) = app::write_config(&text);
-    let cfg = app::parse(&text);
-    app::setup(&cfg).await;
-    let (ok, _, err) = app::run_cli(&path, &["endpoints", "disable", "down"]);
-    assert!(ok, "{err}");
-    let client = db.connect().await;
+    let retention = "retention = \"2s\"\nretention_failed = \"1h\"";
+    let sc = scenario("retention_run", retention).await;
+    let (client, path) = (&sc.client, sc.path.as_path());
     // Another process's pruner, as far as the lock tells.
-    let other = db.connect().await;
+    let other = walhook::admin::dbs::connect_ledger(&sc.cfg, "test")
+        .await
+        .unwrap();
     let ledger = Ledger::new("walhook");
     assert!(ledger.try_lock_pruner(&other).await.unwrap());
 
-    let run = InProcess::start(cfg, walhook::Roles::default());
-    for i in 1..=2 {
-        client
-            .execute(
-                "INSERT INTO leads VALUES ($1, 'Ada', 1)",
-                &[&format!("l{i}")],
-            )
-            .await
-            .unwrap();
-    }
+    let run = InProcess::start(sc.cfg.clone(), walhook::Roles::default());
+    insert_leads(client, &["l1", "l2"]).await;
     let t = Duration::from_secs(30);
     let delivered = "SELECT count(*) FROM walhook.delivered WHERE endpoint_id = 'ok'";
-    wait_count(&client, delivered, 2, t).await;
-    wait_count(
-        &client,
-        "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'bad' AND status = 'disabled'",
-        2,
-        t,
-    )
-    .await;
+    wait_count(client, delivered, 2, t).await;
+    wait_count(client, &by("bad", "disabled"), 2, t).await;
     // Past the retention plus two pruning intervals (1 s each): with the
     // lock held elsewhere, this process has pruned nothing.
-    wait_until(t, "the history to be 4 s old", || async {
-        let old = scalar(
-            &client,
-            "SELECT count(*) FROM walhook.delivered WHERE started_at < now() - interval '4 s'",
-        )
-        .await;
-        (old == 2).then_some(())
-    })
-    .await;
-    assert_eq!(scalar(&client, delivered).await, 2);
+    let aged = "SELECT count(*) FROM walhook.delivered WHERE started_at < now() - interval '4 s'";
+    wait_count(client, aged, 2, t).await;
+    assert_eq!(scalar(client, delivered).await, 2);
 
     ledger.unlock_pruner(&other).await.unwrap();
-    wait_count(&client, delivered, 0, t).await;
+    wait_count(client, delivered, 0, t).await;
     // Open and disabled-but-recent deliveries stay, with their events.
-    let open =
-        "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'down' AND status = 'pending'";
-    assert_eq!(scalar(&client, open).await, 2);
+    assert_eq!(scalar(client, &by("down", "pending")).await, 2);
+    assert_eq!(scalar(client, &by("bad", "disabled")).await, 2);
     assert_eq!(
-        scalar(
-            &client,
-            "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'bad'"
-        )
-        .await,
-        2
-    );
-    assert_eq!(
-        scalar(&client, "SELECT count(*) FROM walhook.events").await,
+        scalar(client, "SELECT count(*) FROM walhook.events").await,
         2
     );
 
-    // A recent success stays until it is old.
-    client
-        .execute("INSERT INTO leads VALUES ('l3', 'Ada', 1)", &[])
-        .await
-        .unwrap();
-    wait_count(&client, delivered, 1, t).await;
-    let status = cli_json(&path, &["status", "--json"]);
+    // A recent success is there until it is old.
+    insert_leads(client, &["l3"]).await;
+    wait_count(client, delivered, 1, t).await;
+    let status = cli_json(path, &["status", "--json"]);
     let size = &status["ledger_size"];
     assert!(size["total_bytes"].as_i64().unwrap() > 0, "{status}");
     let tables: Vec<&str> = size["tables"]
@@ -311,6 +288,6 @@ async fn run_prunes_old_history_one_process_at_a_time() {
     }
     // Counts of succeeded deliveries survive pruning (they are counters).
     assert_eq!(status["deliveries"]["succeeded"], 3, "{status}");
-    wait_count(&client, delivered, 0, t).await;
+    wait_count(client, delivered, 0, t).await;
     run.stop().await;
 }
