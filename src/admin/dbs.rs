@@ -13,7 +13,7 @@ use crate::source::setup::separate_ledger;
 #[derive(Debug, thiserror::Error)]
 pub enum ReachError {
     #[error(
-        "cannot reach the source database {target}: {source}. Check that PostgreSQL is running and source.url / source.url_env (`walhook check` tells more)."
+        "cannot reach the database {target}: {source}. Check that PostgreSQL is running and source.url / source.url_env (`walhook check` tells more)."
     )]
     Source {
         target: String,
