@@ -160,6 +160,10 @@ pub async fn run(
         cfg.delivery.lease,
         shutdown.clone(),
     ));
+    if roles.capture || roles.dispatch {
+        // Retention: one process at a time (an advisory lock picks it).
+        tasks.spawn(dispatch::prune::keep(cfg.clone(), shutdown.clone()));
+    }
     if roles.capture {
         tasks.spawn(source::capture::run(deps.clone(), shutdown.clone()));
     }

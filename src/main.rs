@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use walhook::admin::dbs::{self, Dbs};
 use walhook::admin::{check, ping, render, reports};
 use walhook::config::{Config, Secret};
 use walhook::source::setup;
@@ -107,6 +108,20 @@ enum Command {
     Endpoints {
         #[command(subcommand)]
         command: EndpointsCommand,
+    },
+    /// Remove old history from the ledger now (`walhook run` does it every
+    /// minute): succeeded deliveries and unreferenced events older than
+    /// `ledger.retention`, disabled ones older than `ledger.retention_failed`.
+    Prune {
+        /// Prune succeeded history older than this instead of `ledger.retention` (`12h`, `3d`).
+        #[arg(long, value_parser = walhook::config::duration_from_str)]
+        older_than: Option<std::time::Duration>,
+        /// Count what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Drop the slot and publication (Postgres stops retaining WAL for walhook).
     Teardown {
@@ -297,9 +312,22 @@ async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
         Command::Check { json } => check(&path, json).await,
         Command::Status { json } => {
             let cfg = load_config(&path)?;
-            let client = admin_connect(&cfg).await?;
-            let status = reports::Reports::new(&cfg).status(&client).await?;
+            let dbs = Dbs::connect(&cfg, "walhook admin").await?;
+            let status = reports::Reports::new(&cfg)
+                .status(dbs.source(), dbs.ledger())
+                .await?;
             print_out(json, &status, render::status)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+            json,
+        } => {
+            let cfg = load_config(&path)?;
+            let dbs = Dbs::connect(&cfg, "walhook prune").await?;
+            let report = walhook::admin::prune::prune(&cfg, &dbs, older_than, dry_run).await?;
+            print_out(json, &report, render::pruned)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries { command } => deliveries_command(&load_config(&path)?, command).await,
@@ -336,14 +364,8 @@ async fn setup(cfg: &Config, print_sql: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let client = walhook::pg::connect_within(
-        &cfg.source.url,
-        "walhook setup",
-        cfg.source.connect_timeout,
-    )
-    .await
-    .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running)")?;
-    let steps = setup::run(&client, cfg).await?;
+    let dbs = Dbs::connect(cfg, "walhook setup").await?;
+    let steps = setup::run(dbs.source(), dbs.ledger(), cfg).await?;
     let changed = steps.iter().filter(|s| s.changed).count();
     for s in &steps {
         println!("{} {}", if s.changed { "+" } else { "=" }, s.what);
@@ -390,14 +412,18 @@ async fn teardown(cfg: &Config, drop_ledger: bool, yes: bool) -> Result<ExitCode
             cfg.source.publication,
         );
     }
-    let client = walhook::pg::connect_within(
-        &cfg.source.url,
-        "walhook teardown",
-        cfg.source.connect_timeout,
-    )
-    .await?;
-    for line in walhook::source::teardown::run(&client, cfg, drop_ledger).await? {
+    use walhook::source::teardown;
+    // The slot first: it is what makes Postgres retain WAL.
+    let source = dbs::connect_source(cfg, "walhook teardown").await?;
+    for line in teardown::run(&source, cfg).await? {
         println!("{line}");
+    }
+    let schema = &cfg.ledger.schema;
+    if drop_ledger {
+        let ledger = dbs::connect_ledger(cfg, "walhook teardown").await?;
+        println!("{}", teardown::drop_ledger(&ledger, schema).await?);
+    } else {
+        println!("= ledger schema {schema} kept (use --drop-ledger to drop it)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -412,10 +438,9 @@ fn print_out<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String
     Ok(())
 }
 
+/// The ledger's database, where every delivery and endpoint command works.
 async fn admin_connect(cfg: &Config) -> Result<tokio_postgres::Client> {
-    walhook::pg::connect_within(&cfg.source.url, "walhook admin", cfg.source.connect_timeout)
-        .await
-        .context("cannot reach the database (check source.url / source.url_env and that PostgreSQL is running; `walhook check` tells more)")
+    Ok(dbs::connect_ledger(cfg, "walhook admin").await?)
 }
 
 async fn deliveries_command(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {

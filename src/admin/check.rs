@@ -8,9 +8,13 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, ReplicaIdentity};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 use crate::source::objects::{self, Mapping, ResolveError};
 use crate::source::setup::{self, SetupError};
+
+mod ledger_db;
+
+use ledger_db::{ledger_schema, source_holds_no_ledger};
 
 use super::human::human_lag;
 use super::reports::{Reports, url_origin};
@@ -102,15 +106,65 @@ pub async fn run(cfg: &Config, origin: &str) -> CheckReport {
     for w in cfg.warnings() {
         checks.push(Check::warn("config", w, None));
     }
-    let target = crate::pg::describe_target(&cfg.source.url);
-    match crate::pg::connect_within(&cfg.source.url, "walhook check", cfg.source.connect_timeout)
-        .await
-    {
-        Err(e) => checks.push(Check::fail(
-            "database",
-            format!("cannot reach {target}: {e}"),
-            "check that PostgreSQL is running and that source.url / source.url_env is right (host, port, user, password, database)",
-        )),
+    let source = reach(
+        cfg,
+        &cfg.source.url,
+        "database",
+        "check that PostgreSQL is running and that source.url / source.url_env is right (host, port, user, password, database)",
+        &mut checks,
+    )
+    .await;
+    // `None` inside: the ledger has a database of its own that did not answer.
+    let ledger_db = if setup::separate_ledger(cfg) {
+        Some(
+            reach(
+                cfg,
+                cfg.ledger_url(),
+                "ledger database",
+                "check that the ledger's PostgreSQL is running and that ledger.url / ledger.url_env is right (host, port, user, password, database)",
+                &mut checks,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    match (&source, &ledger_db) {
+        (Some(src), None) => database_checks(src, Some(src), cfg, &mut checks).await,
+        (Some(src), Some(ledger)) => {
+            database_checks(src, ledger.as_ref(), cfg, &mut checks).await;
+            checks.push(source_holds_no_ledger(src, cfg).await);
+        }
+        (None, Some(Some(ledger))) => {
+            ledger_schema(ledger, cfg, &mut checks).await;
+        }
+        (None, _) => {}
+    }
+    for ep in &cfg.endpoints {
+        checks.push(endpoint_check(&ep.id, &ep.url).await);
+    }
+    CheckReport::new(checks)
+}
+
+/// Connects to `url` and says so in a check named `name`; `None` (and a
+/// failed check with `hint`) when it cannot be reached.
+async fn reach(
+    cfg: &Config,
+    url: &crate::config::Secret,
+    name: &str,
+    hint: &str,
+    checks: &mut Vec<Check>,
+) -> Option<Client> {
+    let target = crate::pg::describe_target(url);
+    match crate::pg::connect_within(url, "walhook check", cfg.source.connect_timeout).await {
+        Err(e) => {
+            checks.push(Check::fail(
+                name,
+                format!("cannot reach {target}: {e}"),
+                hint,
+            ));
+            None
+        }
         Ok(client) => {
             let version = client
                 .query_one("SHOW server_version", &[])
@@ -118,16 +172,12 @@ pub async fn run(cfg: &Config, origin: &str) -> CheckReport {
                 .map(|r| r.get::<_, String>(0))
                 .unwrap_or_else(|_| "?".into());
             checks.push(Check::ok(
-                "database",
+                name,
                 format!("reachable: {target} (PostgreSQL {version})"),
             ));
-            database_checks(&client, cfg, &mut checks).await;
+            Some(client)
         }
     }
-    for ep in &cfg.endpoints {
-        checks.push(endpoint_check(&ep.id, &ep.url).await);
-    }
-    CheckReport::new(checks)
 }
 
 fn db_fail(name: &str, e: impl std::fmt::Display) -> Check {
@@ -138,7 +188,15 @@ fn db_fail(name: &str, e: impl std::fmt::Display) -> Check {
     )
 }
 
-async fn database_checks(client: &Client, cfg: &Config, checks: &mut Vec<Check>) {
+/// The checks of the source database; the ledger's against `ledger_db`
+/// (the source itself when the ledger lives there, `None` when its own
+/// database did not answer).
+async fn database_checks(
+    client: &Client,
+    ledger_db: Option<&Client>,
+    cfg: &Config,
+    checks: &mut Vec<Check>,
+) {
     match setup::check_wal_level(client).await {
         Ok(()) => checks.push(Check::ok("wal_level", "logical")),
         Err(SetupError::WalLevel(level)) => checks.push(Check::fail(
@@ -149,11 +207,15 @@ async fn database_checks(client: &Client, cfg: &Config, checks: &mut Vec<Check>)
         Err(e) => checks.push(db_fail("wal_level", e)),
     }
     checks.push(privileges(client).await);
-    let mapping = tables(client, cfg, checks).await;
+    // Without the ledger, tables resolve by name only.
+    let mapping = tables(client, ledger_db.unwrap_or(client), cfg, checks).await;
     checks.push(publication(client, cfg, mapping.as_ref()).await);
     replica_identity(client, cfg, checks).await;
-    let ledger_ok = ledger_schema(client, cfg, checks).await;
-    checks.push(slot(client, cfg, ledger_ok).await);
+    let ledger_ok = match ledger_db {
+        Some(l) => ledger_schema(l, cfg, checks).await,
+        None => false,
+    };
+    checks.push(slot(client, ledger_db.unwrap_or(client), cfg, ledger_ok).await);
 }
 
 async fn privileges(client: &Client) -> Check {
@@ -223,9 +285,14 @@ pub fn publication_diff(
 /// The mapped tables, resolved as `run` resolves them: renamed tables and
 /// excluded columns, a dropped primary key (warnings), and what `run` would
 /// refuse (failures).
-async fn tables(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> Option<Mapping> {
+async fn tables(
+    client: &Client,
+    ledger_db: &Client,
+    cfg: &Config,
+    checks: &mut Vec<Check>,
+) -> Option<Mapping> {
     let ledger = Ledger::new(&cfg.ledger.schema);
-    match objects::resolve_all(client, client, &ledger, cfg).await {
+    match objects::resolve_all(client, ledger_db, &ledger, cfg).await {
         Ok(mapping) => {
             checks.push(Check::ok(
                 "tables",
@@ -356,36 +423,7 @@ async fn replica_identity(client: &Client, cfg: &Config, checks: &mut Vec<Check>
     }
 }
 
-async fn ledger_schema(client: &Client, cfg: &Config, checks: &mut Vec<Check>) -> bool {
-    let schema = &cfg.ledger.schema;
-    let missing = match Ledger::new(schema).missing_tables(client).await {
-        Ok(m) => m,
-        Err(e) => {
-            checks.push(db_fail("ledger", e));
-            return false;
-        }
-    };
-    if missing.is_empty() {
-        checks.push(Check::ok("ledger", format!("schema {schema} is set up")));
-        true
-    } else if missing.len() == ledger::schema::TABLES.len() {
-        checks.push(Check::fail(
-            "ledger",
-            format!("schema {schema} is not set up"),
-            "run `walhook setup` (or sql/01-ledger.sql as printed by `walhook setup --print-sql`)",
-        ));
-        false
-    } else {
-        checks.push(Check::fail(
-            "ledger",
-            format!("schema {schema} lacks the table(s) {}", missing.join(", ")),
-            "run `walhook setup` (its DDL is idempotent and adds what is missing)",
-        ));
-        false
-    }
-}
-
-async fn slot(client: &Client, cfg: &Config, ledger_ok: bool) -> Check {
+async fn slot(client: &Client, ledger_db: &Client, cfg: &Config, ledger_ok: bool) -> Check {
     let name = format!("slot {}", cfg.source.slot);
     if !ledger_ok {
         // Reading the lag needs the ledger's progress table; report what Postgres knows.
@@ -400,7 +438,7 @@ async fn slot(client: &Client, cfg: &Config, ledger_ok: bool) -> Check {
                 .unwrap_or_else(|| Check::ok(&name, "exists (pgoutput)")),
         };
     }
-    let s = match Reports::new(cfg).slot(client).await {
+    let s = match Reports::new(cfg).slot(client, ledger_db).await {
         Ok(s) => s,
         Err(e) => return db_fail(&name, e),
     };

@@ -1,4 +1,4 @@
-//! The operator surface: what `walhook status|deliveries|endpoints|check`
+//! The operator surface: what `walhook status|deliveries|endpoints|check|prune`
 //! print and what the admin HTTP API serves.
 //!
 //! - [`reports`]: the serialisable results and thin calls into the ledger's
@@ -6,6 +6,9 @@
 //!   truth for both).
 //! - [`ping`]: `walhook endpoints ping`, a signed ping straight to an endpoint.
 //! - [`check`]: the `walhook check` doctor.
+//! - [`prune`]: `walhook prune`, retention by hand.
+//! - [`dbs`]: the source and the ledger's database (one unless
+//!   `[ledger] url` names another).
 //! - [`render`]: the human tables the CLI prints when `--json` is not given.
 //! - [`api`]: the axum router (`/healthz`, `/readyz`, `/metrics`, `/api/...`,
 //!   the history page at `/`) and the server `walhook run` starts.
@@ -16,9 +19,11 @@
 
 pub mod api;
 pub mod check;
+pub mod dbs;
 pub mod human;
 pub mod init;
 pub mod ping;
+pub mod prune;
 pub mod render;
 pub mod reports;
 

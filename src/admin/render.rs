@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 
 use super::check::{CheckReport, CheckState};
-use super::human::human_lag;
+use super::human::{human_bytes, human_lag};
+use super::prune::PruneReport;
 use super::reports::{DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status};
 
 /// Control characters escaped (`\n`, `\u{1b}`), everything else as is.
@@ -69,7 +70,7 @@ fn truncate(s: &str, max: usize) -> String {
 pub fn status(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "database   {}", s.database);
-    let _ = writeln!(out, "ledger     schema {}", s.ledger_schema);
+    ledger_line(&mut out, s);
     let slot = &s.slot;
     if slot.exists {
         let lag = human_lag(slot.lag_bytes, slot.lag_seconds);
@@ -113,6 +114,30 @@ pub fn status(s: &Status) -> String {
     out.push('\n');
     out.push_str(&endpoints(&s.endpoints));
     out
+}
+
+/// The ledger: where it is, its size, and row estimates of the big tables.
+fn ledger_line(out: &mut String, s: &Status) {
+    let place = s
+        .ledger_database
+        .as_deref()
+        .map(|db| format!(" in {db}"))
+        .unwrap_or_default();
+    let size = &s.ledger_size;
+    let _ = writeln!(
+        out,
+        "ledger     schema {}{place}, {}",
+        s.ledger_schema,
+        human_bytes(size.total_bytes)
+    );
+    let rows: Vec<String> = ["events", "deliveries", "attempts", "delivered"]
+        .iter()
+        .filter_map(|name| size.tables.iter().find(|t| t.table == *name))
+        .map(|t| format!("{} ~{}", t.table, or_dash(t.rows_estimate)))
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(out, "           rows {}", rows.join(", "));
+    }
 }
 
 fn endpoint_state(e: &EndpointState) -> String {
@@ -293,6 +318,36 @@ pub fn ping(p: &PingOutcome) -> String {
     let _ = writeln!(out, "  event id {}", p.event_id);
     if let Some(x) = &p.response_excerpt {
         let _ = writeln!(out, "  response {}", truncate(x, 400));
+    }
+    out
+}
+
+/// `walhook prune`.
+pub fn pruned(r: &PruneReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: succeeded history older than {}, disabled deliveries older than {}",
+        if r.dry_run {
+            "would prune (--dry-run: nothing changed)"
+        } else {
+            "pruned"
+        },
+        r.older_than,
+        r.disabled_older_than
+    );
+    let n = &r.rows;
+    for (what, count) in [
+        ("delivered", n.delivered),
+        ("deliveries succeeded", n.deliveries_succeeded),
+        ("deliveries disabled", n.deliveries_disabled),
+        ("attempts", n.attempts),
+        ("events", n.events),
+    ] {
+        let _ = writeln!(out, "  {what:<22} {count:>9}");
+    }
+    if !r.events_considered {
+        out.push_str("  (events kept: the slot's confirmed position could not be read)\n");
     }
     out
 }

@@ -2,6 +2,10 @@
 //! endpoints`) and the admin HTTP API: the result types and thin functions
 //! over the ledger's history and queue.
 //!
+//! The functions take the ledger database's client; the slot's state comes
+//! from the source database (`slot` and `status` take both, the same client
+//! when the ledger lives in the source database).
+//!
 //! Every result type is `Serialize` and holds no secret: endpoints are shown by
 //! their URL's origin, the database by `user@host:port/db`. Timestamps are
 //! RFC 3339 strings in UTC with milliseconds. The delivery rows are the
@@ -17,6 +21,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, EndpointConfig, SigningScheme};
 use crate::dispatch::http;
 use crate::ledger::history::{EndpointRow, UnknownState};
+use crate::ledger::prune::LedgerSize;
 use crate::ledger::queue::Requeue;
 use crate::ledger::{Ledger, LedgerError};
 use crate::source::setup::{self, SetupError};
@@ -114,6 +119,11 @@ pub struct Status {
     /// `user@host:port/db` of the source database (never the password).
     pub database: String,
     pub ledger_schema: String,
+    /// `user@host:port/db` of the ledger's database when it is not the
+    /// source database (`[ledger] url`).
+    pub ledger_database: Option<String>,
+    /// The ledger's tables on disk (what `[ledger] retention` keeps in check).
+    pub ledger_size: LedgerSize,
     pub slot: SlotStatus,
     pub events: EventCounts,
     pub deliveries: StateCounts,
@@ -298,11 +308,17 @@ impl<'a> Reports<'a> {
         }
     }
 
-    /// The slot's lag and state.
-    pub async fn slot(&self, client: &Client) -> Result<SlotStatus, AdminError> {
+    /// The slot's lag and state: the server's view from `source`, the
+    /// recorded progress from `ledger_db` (the same client when the ledger
+    /// is in the source database).
+    pub async fn slot(
+        &self,
+        source: &Client,
+        ledger_db: &Client,
+    ) -> Result<SlotStatus, AdminError> {
         let name = &self.cfg.source.slot;
-        let state = setup::slot_state(client, name).await?;
-        let progress = self.ledger.progress_row(client, name).await?;
+        let state = setup::slot_state(source, name).await?;
+        let progress = self.ledger.progress_row(ledger_db, name).await?;
         let exists = state.is_some();
         let state = state.unwrap_or_default();
         let lag_seconds = lag_seconds(
@@ -357,16 +373,20 @@ impl<'a> Reports<'a> {
         Ok(out)
     }
 
-    /// Everything `walhook status` shows.
-    pub async fn status(&self, client: &Client) -> Result<Status, AdminError> {
+    /// Everything `walhook status` shows: the slot from `source`, the rest
+    /// from `client`, the ledger's database.
+    pub async fn status(&self, source: &Client, client: &Client) -> Result<Status, AdminError> {
         self.ledger.ensure_exists(client).await?;
-        let slot = self.slot(client).await?;
+        let slot = self.slot(source, client).await?;
         let events = self.ledger.event_counts(client).await?;
         let counts = self.ledger.delivery_counts(client).await?;
         let endpoints = self.endpoints_with(client, counts.per_endpoint).await?;
         Ok(Status {
             database: crate::pg::describe_target(&self.cfg.source.url),
             ledger_schema: self.ledger.schema().to_string(),
+            ledger_database: setup::separate_ledger(self.cfg)
+                .then(|| crate::pg::describe_target(self.cfg.ledger_url())),
+            ledger_size: self.ledger.size(client).await?,
             slot,
             events,
             deliveries: counts.all,

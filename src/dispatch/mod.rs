@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod http;
 pub mod leases;
 pub mod outcome;
+pub mod prune;
 pub mod retry;
 pub mod sign;
 pub mod stream;

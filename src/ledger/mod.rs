@@ -6,6 +6,7 @@
 //!   guard (lease, state) inside the SQL statement that writes.
 //! - [`history`]: what operators read (status, deliveries, attempts).
 //! - [`schema`]: the DDL; [`notify`]: waking dispatchers.
+//! - [`prune`]: retention (what old history goes) and the ledger's size.
 //!
 //! Promise: `append` writes a batch of events, their deliveries and (at a
 //! transaction boundary) the new replication position in ONE database
@@ -17,6 +18,7 @@ pub mod history;
 pub mod notify;
 pub mod objects;
 pub mod open;
+pub mod prune;
 pub mod queue;
 pub mod schema;
 pub mod spill;

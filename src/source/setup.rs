@@ -2,7 +2,9 @@
 //! database must have `wal_level = logical`, every mapped table must exist and
 //! have a primary key; then the ledger schema, the publication over exactly the
 //! mapped tables, `REPLICA IDENTITY FULL` and the logical slot are created.
-//! Every step looks before it acts, so a second run changes nothing.
+//! Every step looks before it acts, so a second run changes nothing. The
+//! ledger may live in a database of its own (`[ledger] url`): its schema goes
+//! there, and the source database then holds no walhook table.
 
 use tokio_postgres::Client;
 
@@ -73,15 +75,39 @@ pub struct Step {
     pub changed: bool,
 }
 
+/// The ledger lives in a database of its own: `[ledger] url` names another
+/// database than the source's.
+pub fn separate_ledger(cfg: &Config) -> bool {
+    cfg.ledger
+        .url
+        .as_ref()
+        .is_some_and(|u| u.expose() != cfg.source.url.expose())
+}
+
 /// The SQL a DBA can run by hand for this config (what `--print-sql` prints).
+/// With a separate ledger database, a comment line before each part says in
+/// which database to run it.
 pub fn plan_sql(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    let separate = separate_ledger(cfg);
+    if separate {
+        out.push(format!(
+            "-- In the ledger database ({}):",
+            crate::pg::describe_target(cfg.ledger_url())
+        ));
+        out.extend(ledger_sql(cfg));
+        out.push(String::new());
+        out.push(format!(
+            "-- In the source database ({}):",
+            crate::pg::describe_target(&cfg.source.url)
+        ));
+    }
     out.push(
         "-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)"
             .into(),
     );
-    for stmt in ledger::schema::ddl(&cfg.ledger.schema) {
-        out.push(format!("{stmt};"));
+    if !separate {
+        out.extend(ledger_sql(cfg));
     }
     out.push(format!(
         "CREATE PUBLICATION {} FOR TABLE {};",
@@ -101,6 +127,12 @@ pub fn plan_sql(cfg: &Config) -> Vec<String> {
         cfg.source.slot
     ));
     out
+}
+
+fn ledger_sql(cfg: &Config) -> impl Iterator<Item = String> {
+    ledger::schema::ddl(&cfg.ledger.schema)
+        .into_iter()
+        .map(|stmt| format!("{stmt};"))
 }
 
 fn tables_sql(cfg: &Config) -> String {
@@ -296,16 +328,29 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     }))
 }
 
-/// Run setup; returns what was done, step by step.
-pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError> {
-    check_wal_level(client).await?;
+/// Run setup; returns what was done, step by step. The ledger's schema and
+/// what it remembers of the mapped tables go to `ledger_db` (the source
+/// database itself unless `[ledger] url` names another); the publication,
+/// replica identity and slot to `source`.
+pub async fn run(
+    source: &Client,
+    ledger_db: &Client,
+    cfg: &Config,
+) -> Result<Vec<Step>, SetupError> {
+    check_wal_level(source).await?;
     let ledger = ledger::Ledger::new(&cfg.ledger.schema);
-    let mapping = objects::resolve_all(client, client, &ledger, cfg).await?;
-    let mut steps = vec![
-        Step::found("wal_level is logical"),
-        ledger_schema(client, &cfg.ledger.schema).await?,
-    ];
-    mapping.save(&ledger, client).await?;
+    let mapping = objects::resolve_all(source, ledger_db, &ledger, cfg).await?;
+    let mut steps = vec![Step::found("wal_level is logical")];
+    let mut schema = ledger_schema(ledger_db, &cfg.ledger.schema).await?;
+    if separate_ledger(cfg) {
+        schema.what = format!(
+            "{} in {}",
+            schema.what,
+            crate::pg::describe_target(cfg.ledger_url())
+        );
+    }
+    steps.push(schema);
+    mapping.save(&ledger, ledger_db).await?;
     steps.push(Step::found(format!(
         "{} mapped table(s) exist and have primary keys",
         cfg.objects.len()
@@ -313,13 +358,13 @@ pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<Step>, SetupError>
     for notice in &mapping.notices {
         steps.push(Step::found(format!("note: {notice}")));
     }
-    steps.push(publication(client, cfg, &mapping.relids()).await?);
+    steps.push(publication(source, cfg, &mapping.relids()).await?);
     if cfg.source.replica_identity == ReplicaIdentity::Full {
         for o in &cfg.objects {
-            steps.push(replica_identity_full(client, o).await?);
+            steps.push(replica_identity_full(source, o).await?);
         }
     }
-    steps.push(slot(client, &cfg.source.slot).await?);
+    steps.push(slot(source, &cfg.source.slot).await?);
     Ok(steps)
 }
 

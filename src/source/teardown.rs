@@ -1,6 +1,7 @@
 //! `walhook teardown`: drops the slot (so Postgres stops retaining WAL for
-//! walhook) and the publication, and the ledger schema only when asked. The
-//! mapped tables keep their replica identity: other consumers may rely on it.
+//! walhook) and the publication in the source database, and the ledger
+//! schema (in the ledger's database) only when asked. The mapped tables keep
+//! their replica identity: other consumers may rely on it.
 
 use tokio_postgres::Client;
 
@@ -8,13 +9,10 @@ use super::setup::{SetupError, db_err};
 use crate::config::Config;
 use crate::pg::quote_ident;
 
-/// Drops what `setup` made; returns one line per step. Refuses while a
-/// process reads the slot.
-pub async fn run(
-    client: &Client,
-    cfg: &Config,
-    drop_ledger: bool,
-) -> Result<Vec<String>, SetupError> {
+/// Drops the slot and the publication (`client` is connected to the source
+/// database); returns one line per step. Refuses while a process reads the
+/// slot.
+pub async fn run(client: &Client, cfg: &Config) -> Result<Vec<String>, SetupError> {
     let slot = &cfg.source.slot;
     let mut out = Vec::new();
     let active: Option<bool> = client
@@ -45,20 +43,18 @@ pub async fn run(
         .await
         .map_err(db_err("drop the publication"))?;
     out.push(format!("- publication {publication} dropped"));
-    let schema = &cfg.ledger.schema;
-    if drop_ledger {
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(schema)
-            ))
-            .await
-            .map_err(db_err("drop the ledger schema"))?;
-        out.push(format!("- ledger schema {schema} dropped"));
-    } else {
-        out.push(format!(
-            "= ledger schema {schema} kept (use --drop-ledger to drop it)"
-        ));
-    }
     Ok(out)
+}
+
+/// Drops the ledger schema with every event and delivery (`client` is
+/// connected to the ledger's database); returns what it did.
+pub async fn drop_ledger(client: &Client, schema: &str) -> Result<String, SetupError> {
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(schema)
+        ))
+        .await
+        .map_err(db_err("drop the ledger schema"))?;
+    Ok(format!("- ledger schema {schema} dropped"))
 }

@@ -22,7 +22,7 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
-    let ledger_ok = match st.db.get().await {
+    let ledger_ok = match st.db.ledger().await {
         Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
     };
@@ -99,8 +99,8 @@ pub(super) async fn page(
 }
 
 pub(super) async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
-    let db = st.db.get().await?;
-    Ok(Json(st.reports().status(&db).await?).into_response())
+    let (source, db) = (st.db.source().await?, st.db.ledger().await?);
+    Ok(Json(st.reports().status(&source, &db).await?).into_response())
 }
 
 /// Query of `GET /api/deliveries`; empty values mean "any".
@@ -148,7 +148,7 @@ pub(super) async fn list_deliveries(
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Response, ApiError> {
     let filter = q.to_filter(SystemTime::now())?;
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     Ok(Json(st.reports().list_deliveries(&db, &filter).await?).into_response())
 }
 
@@ -156,7 +156,7 @@ pub(super) async fn show_delivery(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     Ok(Json(st.reports().show(&db, &id).await?).into_response())
 }
 
@@ -174,7 +174,7 @@ pub(super) async fn retry_delivery(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = delivery_id(&id)?;
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     let out = st.reports().retry(&db, id).await?;
     tracing::info!(delivery = id, "delivery re-queued through the admin API");
     Ok(Json(out).into_response())
@@ -189,7 +189,7 @@ pub(super) async fn retry_failed(
     State(st): State<Arc<AdminState>>,
     Query(q): Query<RetryFailedQuery>,
 ) -> Result<Response, ApiError> {
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     let out = st
         .reports()
         .retry_all_failed(&db, non_empty(&q.endpoint))
@@ -201,12 +201,12 @@ pub(super) async fn retry_failed(
 pub(super) async fn list_endpoints(
     State(st): State<Arc<AdminState>>,
 ) -> Result<Response, ApiError> {
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     Ok(Json(st.reports().endpoints(&db).await?).into_response())
 }
 
 async fn set_enabled(st: &AdminState, id: &str, enabled: bool) -> Result<Response, ApiError> {
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     let out = st
         .reports()
         .set_endpoint_enabled(&db, id, enabled, "disabled through the admin API")

@@ -17,7 +17,9 @@ use crate::metrics::{LATENCY_BUCKETS, Metrics};
 /// Gauges read from the database when `/metrics` is scraped.
 #[derive(Debug, Clone, Default)]
 pub struct DbGauges {
-    pub slot: SlotStatus,
+    /// `None` when the source database did not answer (the ledger's gauges
+    /// are still shown when the ledger lives in a database of its own).
+    pub slot: Option<SlotStatus>,
     /// (endpoint, state) -> deliveries; pending, retrying and disabled.
     pub queue: BTreeMap<(String, DeliveryState), i64>,
     /// endpoint -> enabled
@@ -25,9 +27,16 @@ pub struct DbGauges {
 }
 
 async fn db_gauges(st: &AdminState) -> Result<DbGauges, ApiError> {
-    let db = st.db.get().await?;
+    let db = st.db.ledger().await?;
     let r = st.reports();
-    let slot = r.slot(&db).await?;
+    let slot = match st.db.source().await {
+        Ok(source) => r
+            .slot(&source, &db)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "/metrics: cannot read the slot"))
+            .ok(),
+        Err(_) => None,
+    };
     let queue = r.open_counts(&db).await?;
     let endpoints = r
         .endpoints(&db)
@@ -83,7 +92,9 @@ pub fn render_metrics(m: &Metrics, db: Option<&DbGauges>) -> String {
         u8::from(db.is_some()),
     );
     if let Some(db) = db {
-        slot_gauges(&mut out, &db.slot);
+        if let Some(slot) = &db.slot {
+            slot_gauges(&mut out, slot);
+        }
         ledger_gauges(&mut out, db);
     }
     out
@@ -248,8 +259,12 @@ mod tests {
         assert!(!text.contains("walhook_replication_lag_bytes"));
 
         let mut g = DbGauges::default();
-        g.slot.lag_bytes = Some(1234);
-        g.slot.lag_seconds = Some(0.0);
+        let slot = SlotStatus {
+            lag_bytes: Some(1234),
+            lag_seconds: Some(0.0),
+            ..SlotStatus::default()
+        };
+        g.slot = Some(slot);
         g.queue.insert(("crm".into(), DeliveryState::Retrying), 4);
         g.endpoints.insert("crm".into(), false);
         let text = render_metrics(&m, Some(&g));

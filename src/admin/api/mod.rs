@@ -85,8 +85,8 @@ impl ApiError {
         }
     }
 
-    fn unreachable() -> ApiError {
-        ApiError::Unavailable("the ledger database is not reachable right now".into())
+    fn unreachable(what: &str) -> ApiError {
+        ApiError::Unavailable(format!("the {what} database is not reachable right now"))
     }
 }
 
@@ -105,9 +105,13 @@ impl From<AdminError> for ApiError {
             AdminError::Ledger(LedgerError::NotSetUp { .. }) => {
                 ApiError::Unavailable(e.to_string())
             }
-            AdminError::Ledger(_) | AdminError::Source(_) => {
-                tracing::warn!(error = %e, "admin API: database query failed");
-                ApiError::unreachable()
+            AdminError::Ledger(_) => {
+                tracing::warn!(error = %e, "admin API: ledger query failed");
+                ApiError::unreachable("ledger")
+            }
+            AdminError::Source(_) => {
+                tracing::warn!(error = %e, "admin API: source database query failed");
+                ApiError::unreachable("source")
             }
             AdminError::Http(_) => {
                 tracing::error!(error = %e, "admin API");
@@ -138,10 +142,20 @@ impl IntoResponse for ApiError {
 /// A lazily (re)connected database client shared by the handlers.
 struct Db {
     url: Secret,
+    /// `source` or `ledger`, for messages.
+    what: &'static str,
     conn: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl Db {
+    fn new(url: &Secret, what: &'static str) -> Db {
+        Db {
+            url: url.clone(),
+            what,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
     async fn get(&self) -> Result<Arc<Client>, ApiError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref()
@@ -158,24 +172,50 @@ impl Db {
                 Ok(c)
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "admin API: cannot connect to the database");
-                Err(ApiError::unreachable())
+                tracing::warn!(error = %e, database = self.what, "admin API: cannot connect to the database");
+                Err(ApiError::unreachable(self.what))
             }
-            Err(_) => Err(ApiError::Unavailable(
-                "the ledger database did not answer in time".into(),
-            )),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the {} database did not answer in time",
+                self.what
+            ))),
         }
     }
 }
 
-/// What the handlers share: config, this process's metrics, a database
-/// client and an HTTP client (for pings).
+/// The handlers' databases: the source (the slot's state) and the ledger's,
+/// one and the same unless `[ledger] url` names another.
+struct Dbs {
+    source: Db,
+    ledger: Option<Db>,
+}
+
+impl Dbs {
+    fn new(cfg: &Config) -> Dbs {
+        Dbs {
+            source: Db::new(&cfg.source.url, "source"),
+            ledger: crate::source::setup::separate_ledger(cfg)
+                .then(|| Db::new(cfg.ledger_url(), "ledger")),
+        }
+    }
+
+    async fn ledger(&self) -> Result<Arc<Client>, ApiError> {
+        self.ledger.as_ref().unwrap_or(&self.source).get().await
+    }
+
+    async fn source(&self) -> Result<Arc<Client>, ApiError> {
+        self.source.get().await
+    }
+}
+
+/// What the handlers share: config, this process's metrics, the database
+/// clients and an HTTP client (for pings).
 pub struct AdminState {
     cfg: Arc<Config>,
     metrics: Arc<crate::metrics::Metrics>,
     /// This process reads the slot (then `/readyz` also wants it streaming).
     capture: bool,
-    db: Db,
+    db: Dbs,
     http: reqwest::Client,
     token: Option<Token>,
     page_csp: String,
@@ -189,10 +229,7 @@ impl AdminState {
     ) -> Result<Arc<AdminState>, ServeError> {
         Ok(Arc::new(AdminState {
             token: cfg.admin.token.as_ref().map(|t| Token::new(t.expose())),
-            db: Db {
-                url: cfg.source.url.clone(),
-                conn: tokio::sync::Mutex::new(None),
-            },
+            db: Dbs::new(&cfg),
             cfg,
             metrics,
             capture,

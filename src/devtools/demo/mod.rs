@@ -319,7 +319,7 @@ async fn start_walhook(
     printer: &Printer,
     parts: &mut Running,
 ) -> Result<(), DemoError> {
-    let steps = setup::run(db, cfg).await?;
+    let steps = setup::run(db, db, cfg).await?;
     let changed = steps.iter().filter(|s| s.changed).count();
     printer.print(&format!(
         "walhook setup: {changed} change(s): ledger schema `{}`, publication and slot `{}` (pgoutput), REPLICA IDENTITY FULL on the 4 tables",

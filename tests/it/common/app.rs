@@ -84,14 +84,10 @@ pub fn parse(text: &str) -> Config {
 }
 
 pub async fn setup(cfg: &Config) {
-    let client = walhook::pg::connect(
-        &cfg.source.url,
-        "test setup",
-        walhook::pg::DEFAULT_LOGIN_TIMEOUT,
-    )
-    .await
-    .expect("connect for setup");
-    walhook::source::setup::run(&client, cfg)
+    let dbs = walhook::admin::dbs::Dbs::connect(cfg, "test setup")
+        .await
+        .expect("connect for setup");
+    walhook::source::setup::run(dbs.source(), dbs.ledger(), cfg)
         .await
         .unwrap_or_else(|e| panic!("setup: {e}"));
 }
