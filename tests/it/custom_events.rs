@@ -33,6 +33,7 @@ async fn a_committed_message_is_delivered_in_order_and_a_rolled_back_one_never()
             "BEGIN;
              SELECT pg_logical_emit_message(true, 'walhook', '{\"event\":\"invoice.paid\",\"key\":\"inv_1\",\"data\":{\"amount\":120.50}}');
              INSERT INTO leads VALUES ('l1', 'Ada', 1);
+             SELECT pg_logical_emit_message(true, 'walhook', '{\"event\":\"lead.qualified\",\"key\":\"l1\"}');
              COMMIT;
              BEGIN;
              SELECT pg_logical_emit_message(true, 'walhook', '{\"event\":\"invoice.paid\",\"key\":\"inv_2\"}');
@@ -43,13 +44,29 @@ async fn a_committed_message_is_delivered_in_order_and_a_rolled_back_one_never()
         )
         .await
         .unwrap();
-    let got = recv.wait_for_requests(3, Duration::from_secs(15)).await;
+    let got = recv.wait_for_requests(4, Duration::from_secs(15)).await;
     let names: Vec<&str> = got
         .iter()
         .map(|r| r.header("x-superleap-event").unwrap())
         .collect();
-    assert_eq!(names, ["invoice.paid", "lead.create", "invoice.sent"]);
-    let paid = &got[0];
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "invoice.paid",
+            "invoice.sent",
+            "lead.create",
+            "lead.qualified"
+        ]
+    );
+    // A custom event of a row's record is in that record's order.
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(at("lead.create") < at("lead.qualified"), "{names:?}");
+    let paid = got
+        .iter()
+        .find(|r| r.header("x-superleap-event") == Some("invoice.paid"))
+        .unwrap();
     assert_eq!(
         std::str::from_utf8(&paid.body).unwrap(),
         r#"{"before":{},"after":{"amount":120.50},"diff":{"amount":120.50}}"#
@@ -72,8 +89,8 @@ async fn a_committed_message_is_delivered_in_order_and_a_rolled_back_one_never()
         .execute("INSERT INTO leads VALUES ('l2', 'Bo', 1)", &[])
         .await
         .unwrap();
-    let got = recv.wait_for_requests(4, Duration::from_secs(15)).await;
-    assert_eq!(got.len(), 4);
-    assert_eq!(got[3].header("x-superleap-event"), Some("lead.create"));
+    let got = recv.wait_for_requests(5, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[4].header("x-superleap-event"), Some("lead.create"));
     run.stop().await;
 }
