@@ -13,6 +13,7 @@
 //! same WAL inserts nothing twice.
 
 pub mod history;
+pub mod notices;
 pub mod notify;
 pub mod objects;
 pub mod open;

@@ -6,6 +6,7 @@
 pub mod align;
 pub mod capture;
 pub mod error;
+pub mod notices;
 pub mod objects;
 pub mod policy;
 pub mod relations;

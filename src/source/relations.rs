@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::Client;
 
 use super::align::{self, Alignment};
-use super::objects::{self, Resolved, TableInfo};
+use super::objects::{self, Notice, Resolved, TableInfo};
 use crate::config::Config;
 use crate::event::TableMap;
 use crate::pgoutput::{Relation, TypeInfo};
@@ -34,6 +34,10 @@ pub struct Relations {
     domain_base: HashMap<u32, u32>,
     /// Relations already reported as renamed (reported once per session).
     renamed_reported: BTreeSet<u32>,
+    /// Relations already reported as without a primary key (once per session).
+    keyless_reported: BTreeSet<u32>,
+    /// Drift seen since [`Relations::take_notices`] was last called.
+    notices: Vec<Notice>,
 }
 
 impl Relations {
@@ -45,7 +49,15 @@ impl Relations {
             type_names: HashMap::new(),
             domain_base: HashMap::new(),
             renamed_reported: BTreeSet::new(),
+            keyless_reported: BTreeSet::new(),
+            notices: Vec::new(),
         }
+    }
+
+    /// Drift seen in the stream since the last call (already logged), for
+    /// the operator's notices.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// The state of `id`, if a Relation message described it.
@@ -84,10 +96,23 @@ impl Relations {
         let object = &mut self.objects[index];
         let current = format!("{}.{}", rel.namespace, rel.name);
         if current != object.configured && self.renamed_reported.insert(id) {
-            tracing::warn!(
-                object = %object.slug, configured = %object.configured, now = %current,
-                "a mapped table was renamed; walhook follows it by its identity. Update `table` in its [[objects]] entry"
-            );
+            let notice = Notice::TableRenamed {
+                slug: object.slug.clone(),
+                configured: object.configured.clone(),
+                now: current,
+            };
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
+        }
+        if let Some(t) = table.as_ref().filter(|t| t.primary_key.is_empty())
+            && self.keyless_reported.insert(id)
+        {
+            let notice = Notice::KeyDropped {
+                slug: object.slug.clone(),
+                table: t.qualified(),
+            };
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
         }
         let (excluded, key) = columns(object, &rel, table.as_ref());
         let mut rel = rel;
