@@ -141,7 +141,9 @@ impl Ledger {
         let s = self.q();
         let row = client
             .query_opt(
-                &format!("SELECT message, at_lsn FROM {s}.notices WHERE kind = $1 AND subject = $2"),
+                &format!(
+                    "SELECT message, at_lsn FROM {s}.notices WHERE kind = $1 AND subject = $2"
+                ),
                 &[&kind, &subject],
             )
             .await?;

@@ -84,7 +84,13 @@ impl Reporter {
         };
         self.blocked = Some(Blocked { message, at });
         // The session's connections are gone: a short one of its own.
-        match pg::connect(&self.ledger_url, "walhook capture notices", pg::DEFAULT_LOGIN_TIMEOUT).await {
+        match pg::connect(
+            &self.ledger_url,
+            "walhook capture notices",
+            pg::DEFAULT_LOGIN_TIMEOUT,
+        )
+        .await
+        {
             Ok(db) => self.write(self.ledger.set_notice(&db, &notice).await),
             Err(e) => self.write::<()>(Err(e.into())),
         }

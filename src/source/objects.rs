@@ -164,6 +164,10 @@ pub enum ObjectError {
     )]
     NoPrimaryKey(String),
     #[error(
+        "a record key column of {table} (object {slug}) was dropped: walhook cannot key that table's changes, so capture stops before the first of them (nothing is lost). Either give {table} a primary key on columns it still has (ALTER TABLE {table} ADD PRIMARY KEY (...)): its changes are then keyed by it; or remove object {slug} from the config and restart: its changes are skipped while it is not mapped"
+    )]
+    KeyColumnDropped { slug: String, table: String },
+    #[error(
         "exclude_columns of object {slug} names `{column}`, which is not a column of {table}. Fix the name (a typo would send the column you meant to hide)."
     )]
     UnknownColumn {
@@ -227,6 +231,12 @@ pub fn resolve(
                     table: table.qualified(),
                 });
                 r.key_attnums.clone()
+            }
+            Some(r) if !r.key_attnums.is_empty() => {
+                return Err(ObjectError::KeyColumnDropped {
+                    slug: object.slug.clone(),
+                    table: table.qualified(),
+                });
             }
             _ => return Err(ObjectError::NoPrimaryKey(table.qualified())),
         }

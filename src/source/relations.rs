@@ -271,8 +271,8 @@ fn key_positions(
                 })
                 .ok_or_else(|| {
                     format!(
-                        "key column (attribute {attnum}) is not in the table's changes (dropped?). Restore it, or remove object {} from the config and restart",
-                        object.slug
+                        "a record key column (attribute {attnum}) of object {slug} is not in the table's changes (dropped?): capture stops before this change (nothing is lost). Either give the table a primary key on columns it still has (its changes are then keyed by it), or remove object {slug} from the config and restart (its changes are skipped while it is not mapped)",
+                        slug = object.slug
                     )
                 })
         })

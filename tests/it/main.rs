@@ -12,6 +12,7 @@ mod capture;
 mod crash;
 mod demo;
 mod dispatch;
+mod drift;
 mod embedded;
 mod http_attempt;
 mod listen;

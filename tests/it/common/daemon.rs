@@ -39,7 +39,12 @@ impl Daemon {
 
     /// The first log line (from now on) that satisfies `pred`; panics with
     /// everything logged so far when none comes within `timeout`.
-    pub fn wait_log(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_log(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let lines = &mut self.lines;
         match tokio::task::block_in_place(|| lines.read_until(timeout, pred)) {
             Ok(line) => line,
