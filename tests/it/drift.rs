@@ -13,9 +13,7 @@ use tokio_postgres::Client;
 
 use crate::common::app;
 use crate::common::daemon::Daemon;
-use crate::common::{
-    Behaviour, Receiver, RecordedRequest, TestDb, free_port, fresh_db, wait_until,
-};
+use crate::common::{Behaviour, Receiver, RecordedRequest, free_port, fresh_db, wait_until};
 
 /// A Standard Webhooks secret, so both id headers are sent.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -24,18 +22,17 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A database with tables, a receiver endpoint, the admin API on a port of
 /// its own, and `walhook setup` done.
-pub struct Drift {
-    pub db: TestDb,
-    pub client: Client,
-    pub recv: Receiver,
+struct Drift {
+    client: Client,
+    recv: Receiver,
     admin: SocketAddr,
     text: String,
-    pub path: PathBuf,
+    path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Drift {
-    pub async fn start(hint: &str, tables: &str, objects: &str) -> Drift {
+    async fn start(hint: &str, tables: &str, objects: &str) -> Drift {
         let db = fresh_db(hint).await;
         db.psql(tables).await;
         let recv = Receiver::start(Behaviour::AlwaysOk).await;
@@ -51,7 +48,6 @@ impl Drift {
         let (dir, path) = app::write_config(&text);
         let client = db.connect().await;
         Drift {
-            db,
             client,
             recv,
             admin,
@@ -62,28 +58,28 @@ impl Drift {
     }
 
     /// The config with `objects` instead of the mapped tables it had.
-    pub fn config_with(&self, from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
+    fn config_with(&self, from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
         assert!(self.text.contains(from), "config has {from}");
         app::write_config(&self.text.replace(from, to))
     }
 
-    pub async fn exec(&self, sql: &str) {
+    async fn exec(&self, sql: &str) {
         self.client
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {}", walhook::pg::describe(&e)));
     }
 
-    pub fn daemon(&self) -> Daemon {
+    fn daemon(&self) -> Daemon {
         Daemon::spawn(&self.path, &[], None)
     }
 
-    pub async fn delivered(&self, n: usize) -> Vec<RecordedRequest> {
+    async fn delivered(&self, n: usize) -> Vec<RecordedRequest> {
         self.recv.wait_for_requests(n, TIMEOUT).await
     }
 
     /// `walhook <args> --json` with this config: (exit ok, the JSON).
-    pub fn cli_json(&self, args: &[&str]) -> (bool, Value) {
+    fn cli_json(&self, args: &[&str]) -> (bool, Value) {
         let mut args = args.to_vec();
         args.push("--json");
         let (ok, out, err) = tokio::task::block_in_place(|| app::run_cli(&self.path, &args));
@@ -93,7 +89,7 @@ impl Drift {
     }
 
     /// The notices `walhook status` shows: (level, message).
-    pub fn status_notices(&self) -> Vec<(String, String)> {
+    fn status_notices(&self) -> Vec<(String, String)> {
         let (ok, status) = self.cli_json(&["status"]);
         assert!(ok, "{status}");
         status["notices"]
@@ -109,18 +105,8 @@ impl Drift {
             .collect()
     }
 
-    /// `GET /readyz`: (status code, body).
-    pub async fn readyz(&self) -> (u16, Value) {
-        let r = reqwest::get(format!("http://{}/readyz", self.admin))
-            .await
-            .expect("/readyz answers");
-        let code = r.status().as_u16();
-        let body = r.text().await.expect("/readyz body");
-        (code, serde_json::from_str(&body).expect("/readyz is JSON"))
-    }
-
     /// Waits until `/readyz` answers `code`; its body.
-    pub async fn wait_readyz(&self, code: u16) -> Value {
+    async fn wait_readyz(&self, code: u16) -> Value {
         let addr = self.admin;
         wait_until(TIMEOUT, &format!("/readyz answers {code}"), || async move {
             let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
@@ -133,7 +119,7 @@ impl Drift {
     }
 
     /// The value of an unlabelled sample of `/metrics`.
-    pub async fn metric(&self, name: &str) -> Option<String> {
+    async fn metric(&self, name: &str) -> Option<String> {
         let text = reqwest::get(format!("http://{}/metrics", self.admin))
             .await
             .ok()?
@@ -145,7 +131,7 @@ impl Drift {
     }
 
     /// Panics when `needle` is in any row of any ledger table.
-    pub async fn assert_not_in_ledger(&self, needle: &str) {
+    async fn assert_not_in_ledger(&self, needle: &str) {
         for table in walhook::ledger::schema::TABLES {
             let n: i64 = self
                 .client
@@ -186,6 +172,23 @@ fn events(requests: &[RecordedRequest]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The requests for record `key`, in arrival order (one record's events
+/// arrive in order; different records' in any order).
+fn of_record<'r>(requests: &'r [RecordedRequest], key: &str) -> Vec<&'r RecordedRequest> {
+    requests
+        .iter()
+        .filter(|r| record_key(r.header("x-superleap-event-id").unwrap_or("")) == key)
+        .collect()
+}
+
+/// The event names of `requests`.
+fn names(requests: &[&RecordedRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| r.header("x-superleap-event").unwrap_or("").to_string())
+        .collect()
+}
+
 /// The record key inside an event id `source:slug:ms:key:name:suffix`.
 fn record_key(event_id: &str) -> &str {
     event_id.split(':').nth(3).unwrap_or("")
@@ -207,11 +210,19 @@ async fn a_renamed_table_keeps_its_slug_while_streaming_and_after_a_restart() {
          UPDATE items_renamed SET name = 'a2' WHERE id = 'i1';",
     )
     .await;
-    let got = events(&d.delivered(3).await);
-    assert_eq!(got[1].0, "item.create");
-    assert_eq!(got[2].0, "item.update");
-    assert!(got[1].1.starts_with("app:item:") && record_key(&got[1].1) == "i2");
-    assert_eq!(record_key(&got[2].1), "i1");
+    let got = d.delivered(3).await;
+    assert_eq!(
+        names(&of_record(&got, "i1")),
+        ["item.create", "item.update"]
+    );
+    let i2 = of_record(&got, "i2");
+    assert_eq!(names(&i2), ["item.create"]);
+    assert!(
+        i2[0]
+            .header("x-superleap-event-id")
+            .unwrap()
+            .starts_with("app:item:")
+    );
     run.wait_log(TIMEOUT, "warning about the rename", |l| {
         l.contains("WARN") && l.contains("renamed to public.items_renamed")
     });
@@ -370,9 +381,9 @@ async fn publication_drift_while_running_stops_capture_and_says_so_until_setup()
     assert!(ok, "{out}\n{err}");
     d.wait_readyz(200).await;
     d.exec("INSERT INTO others (id) VALUES (1)").await;
-    let got = events(&d.delivered(3).await);
-    assert_eq!(record_key(&got[1].1), "i2", "{got:?}");
-    assert_eq!(got[2].0, "other.create", "{got:?}");
+    let got = d.delivered(3).await;
+    assert_eq!(names(&of_record(&got, "i2")), ["item.create"]);
+    assert_eq!(names(&of_record(&got, "1")), ["other.create"]);
     assert_eq!(
         d.metric("walhook_capture_blocked").await.as_deref(),
         Some("0")
@@ -407,7 +418,9 @@ async fn a_renamed_excluded_column_never_leaves_walhook() {
     )
     .await;
     let got = d.delivered(4).await;
-    assert_eq!(got[3].json()["diff"], serde_json::json!({"name": "a2"}));
+    let i1 = of_record(&got, "i1");
+    assert_eq!(i1.len(), 3);
+    assert_eq!(i1[2].json()["diff"], serde_json::json!({"name": "a2"}));
     // Renamed again while walhook is stopped, and again after the restart:
     // the config still says `note`.
     let (status, _) = run.signal_and_wait("TERM", Duration::from_secs(10));
@@ -472,4 +485,184 @@ async fn a_renamed_excluded_column_never_leaves_walhook() {
     );
     let (ok, _, _) = tokio::task::block_in_place(|| app::run_cli(&typo, &["check"]));
     assert!(!ok, "check fails on an exclusion that names no column");
+}
+
+const ACCOUNTS: &str =
+    "CREATE TABLE accounts (id text PRIMARY KEY, email text, secret text, score int)";
+const ACCOUNTS_OBJECTS: &str = "[[objects]]\ntable = \"accounts\"\nslug = \"account\"\n\
+     exclude_columns = [\"secret\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_primary_key_no_excluded_value_is_in_ids_headers_or_the_ledger() {
+    let d = Drift::start("drift_nokey", ACCOUNTS, ACCOUNTS_OBJECTS).await;
+    // Dropped after setup: REPLICA IDENTITY FULL sends every column as the
+    // old row's identity, the excluded one too.
+    d.exec("ALTER TABLE accounts DROP CONSTRAINT accounts_pkey")
+        .await;
+    let (ok, check) = d.cli_json(&["check"]);
+    assert!(ok, "{check}");
+    assert!(
+        check.to_string().contains("has no primary key any more"),
+        "{check}"
+    );
+    let _run = d.daemon();
+    d.exec(
+        "INSERT INTO accounts VALUES ('a1', 'e@x', 'LEAK-1', 1);
+         UPDATE accounts SET score = 2, secret = 'LEAK-2' WHERE id = 'a1';
+         DELETE FROM accounts WHERE id = 'a1';",
+    )
+    .await;
+    let got = d.delivered(3).await;
+    let names: Vec<String> = events(&got).into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        names,
+        ["account.create", "account.update", "account.delete"]
+    );
+    for r in &got {
+        let id = r.header("x-superleap-event-id").unwrap();
+        assert_eq!(record_key(id), "a1", "{id}");
+        assert_eq!(r.header("webhook-id"), Some(id));
+    }
+    assert_not_sent(&got, "LEAK");
+    d.assert_not_in_ledger("LEAK").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_key_keeps_the_others_going_and_a_dropped_key_column_stalls_and_says_so() {
+    let tables = format!("{ACCOUNTS}; CREATE TABLE others (id int PRIMARY KEY, v text);");
+    let objects =
+        format!("{ACCOUNTS_OBJECTS}\n[[objects]]\ntable = \"others\"\nslug = \"other\"\n");
+    let d = Drift::start("drift_dropkey", &tables, &objects).await;
+    let mut run = d.daemon();
+    d.exec("INSERT INTO accounts VALUES ('a1', 'e', 's', 1); INSERT INTO others VALUES (1, 'x');")
+        .await;
+    d.delivered(2).await;
+
+    // The primary key goes: the table keeps its former key columns, the
+    // others go on.
+    d.exec(
+        "ALTER TABLE accounts DROP CONSTRAINT accounts_pkey;
+         INSERT INTO accounts VALUES ('a2', 'e', 'LEAK-1', 1);
+         UPDATE accounts SET score = 5 WHERE id = 'a1';
+         INSERT INTO others VALUES (2, 'y');",
+    )
+    .await;
+    let got = events(&d.delivered(5).await);
+    // Different records are delivered in parallel: in any order.
+    let mut last: Vec<(&str, &str)> = got[2..]
+        .iter()
+        .map(|e| (e.0.as_str(), record_key(&e.1)))
+        .collect();
+    last.sort();
+    assert_eq!(
+        last,
+        [
+            ("account.create", "a2"),
+            ("account.update", "a1"),
+            ("other.create", "2")
+        ]
+    );
+    run.wait_log(TIMEOUT, "warning about the dropped key", |l| {
+        l.contains("WARN") && l.contains("has no primary key any more")
+    });
+    let notices = d.status_notices();
+    assert!(
+        notices.iter().any(|(l, m)| l == "warning"
+            && m.contains("public.accounts (object account) has no primary key any more")),
+        "{notices:?}"
+    );
+    d.wait_readyz(200).await;
+
+    // The key column itself goes: capture cannot key that table's changes
+    // and stops before the first one, for every table (nothing is lost), and
+    // says so everywhere an operator looks.
+    d.exec(
+        "ALTER TABLE accounts DROP COLUMN id;
+         INSERT INTO accounts (email) VALUES ('keyless');
+         INSERT INTO others VALUES (3, 'after');",
+    )
+    .await;
+    let line = run.wait_log(TIMEOUT, "an error saying capture stopped", |l| {
+        l.contains("ERROR") && l.contains("capture stopped")
+    });
+    assert!(line.contains("record key"), "{line}");
+    let ready = d.wait_readyz(503).await;
+    assert!(
+        ready["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("object account")),
+        "{ready}"
+    );
+    assert_eq!(
+        d.metric("walhook_capture_blocked").await.as_deref(),
+        Some("1")
+    );
+    let notices = d.status_notices();
+    let blocked = notices
+        .iter()
+        .find(|(l, _)| l == "error")
+        .unwrap_or_else(|| panic!("status shows the stop: {notices:?}"));
+    assert!(blocked.1.contains("object account"), "{blocked:?}");
+    assert!(
+        blocked.1.contains("remove object account from the config"),
+        "{blocked:?}"
+    );
+    assert_eq!(d.recv.requests().len(), 5, "nothing after the stop");
+
+    // The operator unmaps the table: capture resumes where it stopped, and
+    // another process clears what the first one reported.
+    let (status, _) = run.signal_and_wait("TERM", Duration::from_secs(10));
+    assert!(status.success());
+    let (_dir, unmapped) = d.config_with(ACCOUNTS_OBJECTS, "");
+    let _run = Daemon::spawn(&unmapped, &[], None);
+    let got = events(&d.delivered(6).await);
+    assert_eq!(
+        (got[5].0.as_str(), record_key(&got[5].1)),
+        ("other.create", "3")
+    );
+    d.wait_readyz(200).await;
+    assert_eq!(
+        d.metric("walhook_capture_blocked").await.as_deref(),
+        Some("0")
+    );
+    let notices = d.status_notices();
+    assert!(notices.iter().all(|(l, _)| l != "error"), "{notices:?}");
+    assert_not_sent(&d.recv.requests(), "LEAK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_line_breaks_and_non_ascii_make_valid_headers() {
+    let d = Drift::start("drift_keys", app::LEADS, app::LEADS_OBJECTS).await;
+    let _run = d.daemon();
+    d.exec("INSERT INTO leads (id, name) VALUES (E'line1\\r\\nline2 ü€:%,', 'odd'), ('lead_987654321', 'plain')")
+        .await;
+    let got = d.delivered(2).await;
+    let odd = got
+        .iter()
+        .find(|r| r.json()["after"]["name"] == "odd")
+        .unwrap();
+    let id = odd
+        .header("x-superleap-event-id")
+        .expect("a valid header value");
+    assert_eq!(
+        record_key(id),
+        "line1%0D%0Aline2%20%C3%BC%E2%82%AC%3A%25%2C",
+        "{id}"
+    );
+    assert_eq!(odd.header("webhook-id"), Some(id));
+    assert_eq!(odd.json()["after"]["id"], "line1\r\nline2 ü€:%,");
+    // A plain key is in the id as it is, as before.
+    let plain = got
+        .iter()
+        .find(|r| r.json()["after"]["name"] == "plain")
+        .unwrap()
+        .header("x-superleap-event-id")
+        .unwrap();
+    let parts: Vec<&str> = plain.split(':').collect();
+    assert_eq!(parts.len(), 6, "{plain}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3], parts[4]),
+        ("app", "lead", "lead_987654321", "lead.create")
+    );
+    assert_eq!(parts[5].len(), 8);
 }

@@ -19,3 +19,4 @@ mod listen;
 mod retry_race;
 mod secrets;
 mod setup_errors;
+mod startup;
