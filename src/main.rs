@@ -266,7 +266,8 @@ fn report(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         let server_said = cause
             .downcast_ref::<tokio_postgres::Error>()
-            .is_some_and(|pg| pg.as_db_error().is_some());
+            .is_some_and(|pg| pg.as_db_error().is_some())
+            || cause.is::<tokio_postgres::error::DbError>();
         let text = cause.to_string();
         if server_said || out.contains(&text) {
             continue;
