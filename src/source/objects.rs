@@ -71,12 +71,8 @@ impl Resolved {
             relid: self.relid,
             table_name: table.qualified(),
             key_attnums: self.key_attnums.clone(),
-            excluded: self
-                .excluded
-                .iter()
-                .filter(|(a, _)| table.live(*a).is_some())
-                .cloned()
-                .collect(),
+            // Dropped columns too: attribute numbers are never reused.
+            excluded: self.excluded.clone(),
         }
     }
 }
@@ -97,6 +93,8 @@ pub enum Notice {
     /// The table has no primary key any more; its former key columns stay
     /// the record key.
     KeyDropped { slug: String, table: String },
+    /// An excluded column was dropped: nothing of it can be sent any more.
+    ColumnDropped { slug: String, configured: String },
 }
 
 impl Notice {
@@ -109,6 +107,9 @@ impl Notice {
                 slug, configured, ..
             } => ("column_renamed", format!("{slug}.{configured}")),
             Notice::KeyDropped { slug, .. } => ("key_dropped", slug.clone()),
+            Notice::ColumnDropped { slug, configured } => {
+                ("column_dropped", format!("{slug}.{configured}"))
+            }
         }
     }
 
@@ -143,6 +144,10 @@ impl std::fmt::Display for Notice {
             } => write!(
                 f,
                 "excluded column {configured} of object {slug} was renamed to {now}; it stays excluded. Write \"{now}\" in its exclude_columns"
+            ),
+            Notice::ColumnDropped { slug, configured } => write!(
+                f,
+                "excluded column {configured} of object {slug} was dropped; nothing of it can be sent any more. Remove \"{configured}\" from its exclude_columns"
             ),
             Notice::KeyDropped { slug, table } => write!(
                 f,
@@ -275,18 +280,22 @@ fn excluded(
     let mut out: Vec<(i16, String)> = Vec::new();
     for column in &object.exclude_columns {
         let by_name = table.live_named(column);
+        // Dropped ones too: a Relation message from before the drop may
+        // still carry the column, and attribute numbers are never reused.
         let by_identity = remembered
             .into_iter()
             .flat_map(|r| r.excluded.iter())
             .filter(|(_, name)| name == column)
-            .filter_map(|(a, _)| table.live(*a));
+            .filter_map(|(a, _)| table.attrs.iter().find(|attr| attr.attnum == *a));
         let mut found = false;
+        let mut live = false;
         for attr in by_name.into_iter().chain(by_identity) {
             found = true;
+            live |= !attr.dropped;
             if out.iter().any(|(a, c)| *a == attr.attnum && c == column) {
                 continue;
             }
-            if attr.name != *column {
+            if attr.name != *column && !attr.dropped {
                 notices.push(Notice::ColumnRenamed {
                     slug: object.slug.clone(),
                     configured: column.clone(),
@@ -300,6 +309,12 @@ fn excluded(
                 slug: object.slug.clone(),
                 table: table.qualified(),
                 column: column.clone(),
+            });
+        }
+        if !live {
+            notices.push(Notice::ColumnDropped {
+                slug: object.slug.clone(),
+                configured: column.clone(),
             });
         }
     }

@@ -469,6 +469,20 @@ async fn a_renamed_excluded_column_never_leaves_walhook() {
     let (status, _) = run.signal_and_wait("TERM", Duration::from_secs(10));
     assert!(status.success());
 
+    // Dropped: nothing of it can leave any more; a warning, not a refusal.
+    d.exec("ALTER TABLE items DROP COLUMN note_x").await;
+    let (ok, check) = d.cli_json(&["check"]);
+    assert!(ok, "{check}");
+    assert!(
+        check
+            .to_string()
+            .contains("excluded column note of object item was dropped"),
+        "{check}"
+    );
+    let _run = d.daemon();
+    d.exec("UPDATE items SET name = 'c3' WHERE id = 'i3'").await;
+    d.delivered(8).await;
+
     // An exclusion that names no column: run and check refuse.
     let (_dir, typo) = d.config_with(
         "exclude_columns = [\"note\"]",

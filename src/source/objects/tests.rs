@@ -105,6 +105,19 @@ fn a_name_taken_over_by_another_column_excludes_both() {
 }
 
 #[test]
+fn a_dropped_excluded_column_is_a_warning_and_stays_remembered() {
+    let t = table("items", &["id", "........pg.dropped.2........"], &[1]);
+    let remembered = remembered(&t, &[(2, "note")]);
+    let (r, notices) = resolve(&object(&["note"]), Some(&t), None, Some(&remembered)).unwrap();
+    // Still excluded by position, for messages from before the drop.
+    assert_eq!(r.excluded_attnums, vec![2]);
+    assert!(
+        matches!(&notices[..], [Notice::ColumnDropped { configured, .. }] if configured == "note")
+    );
+    assert_eq!(r.row(&t).excluded, vec![(2, "note".to_string())]);
+}
+
+#[test]
 fn an_exclusion_that_names_no_column_is_an_error() {
     let t = table("items", &["id", "name"], &[1]);
     let err = resolve(&object(&["nmae"]), Some(&t), None, None).unwrap_err();
