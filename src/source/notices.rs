@@ -7,9 +7,10 @@
 //! A blocked capture is resolved when capture gets past what blocked it: past
 //! the transaction it could not map (its commit position is remembered with
 //! the notice, so another process that takes the slot over knows it too), or,
-//! for what stopped it before it read anything (the publication, a mapped
-//! table), once a session streams again. Writing a notice never fails
-//! capture: the ledger may be what is broken.
+//! for what stopped it elsewhere (the publication, a mapped table, the
+//! ledger), once a session streams again and hands over a commit or an idle
+//! position. Writing a notice never fails capture: the ledger may be what is
+//! broken.
 
 use std::sync::Arc;
 
@@ -109,7 +110,7 @@ impl Reporter {
 
     /// A session streams from the slot: the drift found at its start
     /// replaces the warnings; a blocked capture left by an earlier process
-    /// is taken over; one blocked before it streamed is resolved.
+    /// is taken over.
     pub async fn streaming(&mut self, db: &Client, drift: &[Notice]) {
         let warnings: Vec<NewNotice> = drift.iter().map(Notice::to_ledger).collect();
         let synced = self.ledger.sync_warnings(db, &warnings).await;
@@ -124,9 +125,6 @@ impl Reporter {
                 other => self.write(other.map(|_| ())),
             }
         }
-        if self.blocked.as_ref().is_some_and(|b| b.at.is_none()) {
-            self.resolve(db).await;
-        }
     }
 
     /// Capture has handled everything before `lsn` (a commit's end, or a
@@ -135,7 +133,7 @@ impl Reporter {
         if self
             .blocked
             .as_ref()
-            .is_some_and(|b| b.at.is_some_and(|at| lsn > at))
+            .is_some_and(|b| b.at.is_none_or(|at| lsn > at))
         {
             self.resolve(db).await;
         }

@@ -114,6 +114,10 @@ impl Relations {
             tracing::warn!(object = %object.slug, "{notice}");
             self.notices.push(notice);
         }
+        for notice in renamed_exclusions(object, table.as_ref()) {
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
+        }
         let (excluded, key) = columns(object, &rel, table.as_ref());
         let mut rel = rel;
         self.resolve_domains(db, &mut rel).await?;
@@ -209,20 +213,8 @@ fn columns(
 ) -> (Vec<bool>, Result<Vec<usize>, String>) {
     let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
     let alignment = table.and_then(|t| align::align(&names, &t.attrs));
-    if let Some(t) = table {
-        // Today's names of excluded columns are names they are known by.
-        for a in t
-            .attrs
-            .iter()
-            .filter(|a| object.excluded_attnums.contains(&a.attnum))
-        {
-            if !a.dropped {
-                object.excluded_names.insert(a.name.clone());
-            }
-        }
-        if !t.primary_key.is_empty() {
-            object.key_attnums = t.primary_key.clone();
-        }
+    if let Some(t) = table.filter(|t| !t.primary_key.is_empty()) {
+        object.key_attnums = t.primary_key.clone();
     }
     let excluded: Vec<bool> = names
         .iter()
@@ -244,6 +236,28 @@ fn columns(
         }
     });
     (excluded, key)
+}
+
+/// Today's names of the excluded columns become names they are known by; a
+/// name not known before is a rename to report.
+fn renamed_exclusions(object: &mut Resolved, table: Option<&TableInfo>) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    let Some(t) = table else {
+        return notices;
+    };
+    for (attnum, configured) in &object.excluded {
+        let Some(attr) = t.attrs.iter().find(|a| a.attnum == *attnum && !a.dropped) else {
+            continue;
+        };
+        if object.excluded_names.insert(attr.name.clone()) {
+            notices.push(Notice::ColumnRenamed {
+                slug: object.slug.clone(),
+                configured: configured.clone(),
+                now: attr.name.clone(),
+            });
+        }
+    }
+    notices
 }
 
 /// Positions of the key attributes in the message: by alignment, else by

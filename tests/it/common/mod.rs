@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod daemon;
+pub mod drift;
 pub mod lines;
 pub mod receiver;
 
