@@ -266,10 +266,33 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch_command(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("walhook: {e:#}");
+            eprintln!("walhook: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: a cause whose
+/// text is already there is left out, and so is tokio-postgres' own error
+/// for what the server sent ("db error: ..."), which [`walhook::pg::DbError`]
+/// has already put as the server said it (message, SQLSTATE, hint).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let server_said = cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(|pg| pg.as_db_error().is_some())
+            || cause.is::<tokio_postgres::error::DbError>();
+        let text = cause.to_string();
+        if server_said || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {

@@ -31,6 +31,8 @@ pub struct Metrics {
     acked_lsn: AtomicU64,
     last_commit_unix_micros: AtomicI64,
     truncates: AtomicU64,
+    /// Why capture is stopped until the operator acts (`None`: it is not).
+    capture_blocked: Mutex<Option<String>>,
     events_captured: Mutex<BTreeMap<String, u64>>,
     /// endpoint -> outcome -> count; outcome is `success`, `failure` or `disabled`.
     deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
@@ -66,6 +68,15 @@ impl Metrics {
     }
     pub fn truncates(&self) -> u64 {
         self.truncates.load(Ordering::Relaxed)
+    }
+
+    /// Capture is stopped by `why` until the operator acts (`None`: it
+    /// is not, or no longer).
+    pub fn set_capture_blocked(&self, why: Option<String>) {
+        *self.capture_blocked.lock().unwrap() = why;
+    }
+    pub fn capture_blocked(&self) -> Option<String> {
+        self.capture_blocked.lock().unwrap().clone()
     }
 
     pub fn event_captured(&self, name: &str) {

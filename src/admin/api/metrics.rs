@@ -86,6 +86,13 @@ pub fn render_metrics(m: &Metrics, db: Option<&DbGauges>) -> String {
     );
     single(
         &mut out,
+        "walhook_capture_blocked",
+        "gauge",
+        "1 while capture is stopped by something only the operator can fix (the log, /readyz and `walhook status` say what).",
+        u8::from(m.capture_blocked().is_some()),
+    );
+    single(
+        &mut out,
         "walhook_ledger_up",
         "gauge",
         "1 when the ledger database answered this scrape.",
@@ -256,6 +263,9 @@ mod tests {
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_count 3\n"));
         assert!(text.contains("walhook_ledger_up 0\n"));
+        assert!(text.contains("walhook_capture_blocked 0\n"));
+        m.set_capture_blocked(Some("key column dropped".into()));
+        assert!(render_metrics(&m, None).contains("walhook_capture_blocked 1\n"));
         assert!(!text.contains("walhook_replication_lag_bytes"));
 
         let mut g = DbGauges::default();

@@ -72,6 +72,52 @@ fn an_excluded_column_renamed_since_stays_excluded() {
 }
 
 #[test]
+fn an_excluded_column_renamed_twice_stays_excluded() {
+    // Remembered under the config's name, so a second rename (after a
+    // restart saved the first) still finds it.
+    let t = table("items", &["id", "note_secret"], &[1]);
+    let (first, _) = resolve(
+        &object(&["note"]),
+        Some(&t),
+        None,
+        Some(&remembered(&t, &[(2, "note")])),
+    )
+    .unwrap();
+    let saved = first.row(&t);
+    assert_eq!(saved.excluded, vec![(2, "note".to_string())]);
+    let t = table("items", &["id", "note_hidden"], &[1]);
+    let (r, notices) = resolve(&object(&["note"]), Some(&t), None, Some(&saved)).unwrap();
+    assert_eq!(r.excluded_attnums, vec![2]);
+    assert!(r.excluded_names.contains("note_hidden"));
+    assert!(matches!(&notices[..], [Notice::ColumnRenamed { now, .. }] if now == "note_hidden"));
+}
+
+#[test]
+fn a_name_taken_over_by_another_column_excludes_both() {
+    // note (3) and name (2) swapped names: the column that was excluded
+    // stays excluded, and so does the one now called note (fail closed).
+    let t = table("items", &["id", "note", "name"], &[1]);
+    let remembered = remembered(&t, &[(3, "note")]);
+    let (r, notices) = resolve(&object(&["note"]), Some(&t), None, Some(&remembered)).unwrap();
+    assert_eq!(r.excluded_attnums, vec![2, 3]);
+    assert!(r.excluded_names.contains("note") && r.excluded_names.contains("name"));
+    assert!(matches!(&notices[..], [Notice::ColumnRenamed { now, .. }] if now == "name"));
+}
+
+#[test]
+fn a_dropped_excluded_column_is_a_warning_and_stays_remembered() {
+    let t = table("items", &["id", "........pg.dropped.2........"], &[1]);
+    let remembered = remembered(&t, &[(2, "note")]);
+    let (r, notices) = resolve(&object(&["note"]), Some(&t), None, Some(&remembered)).unwrap();
+    // Still excluded by position, for messages from before the drop.
+    assert_eq!(r.excluded_attnums, vec![2]);
+    assert!(
+        matches!(&notices[..], [Notice::ColumnDropped { configured, .. }] if configured == "note")
+    );
+    assert_eq!(r.row(&t).excluded, vec![(2, "note".to_string())]);
+}
+
+#[test]
 fn an_exclusion_that_names_no_column_is_an_error() {
     let t = table("items", &["id", "name"], &[1]);
     let err = resolve(&object(&["nmae"]), Some(&t), None, None).unwrap_err();
