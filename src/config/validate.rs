@@ -111,20 +111,17 @@ impl Validator<'_> {
         })
     }
 
-    /// A PostgreSQL connection string walhook can use.
+    /// A PostgreSQL connection string walhook can use, TLS keys included
+    /// (libpq's meaning of `sslmode`, `sslrootcert`, `sslcert`, `sslkey`).
     fn database_url(&self, key: &str, url: &str) -> Res<()> {
-        match url.parse::<tokio_postgres::Config>() {
+        match crate::pg::conninfo::parse(url) {
             // The parser's message may quote the value, which holds the password.
-            Err(_) => Err(self.invalid(
+            Err(crate::pg::conninfo::ConnInfoError::Syntax(_)) => Err(self.invalid(
                 key,
                 "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
             )),
-            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
-                Err(self.invalid(
-                    key,
-                    "sslmode=require is not supported yet: walhook's database connections have no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
-                ))
-            }
+            // These quote only TLS keys and their values.
+            Err(e @ crate::pg::conninfo::ConnInfoError::Tls(_)) => Err(self.invalid(key, e.to_string())),
             Ok(_) => Ok(()),
         }
     }
