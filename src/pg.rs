@@ -424,7 +424,11 @@ pub fn replication_config(
     slot: &str,
     publication: &str,
 ) -> Result<ReplicationConfig, ConnectError> {
-    let ConnInfo { pg, tls } = parse_conninfo(url)?;
+    let info = parse_conninfo(url)?;
+    if let Some(why) = info.replication_refusal() {
+        return Err(ConnectError::Url(why.into()));
+    }
+    let ConnInfo { pg, tls } = info;
     let user = pg.get_user().unwrap_or("postgres").to_string();
     let password = pg
         .get_password()

@@ -92,6 +92,18 @@ pub struct ConnInfo {
     pub tls: TlsSettings,
 }
 
+impl ConnInfo {
+    /// Why the replication connection cannot honour this string, if it
+    /// cannot: pgwire-replication 0.5 authenticates with SCRAM-SHA-256 but
+    /// never binds the channel (SCRAM-SHA-256-PLUS), so going on would
+    /// silently drop what `channel_binding=require` asks for.
+    pub fn replication_refusal(&self) -> Option<&'static str> {
+        (self.pg.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require).then_some(
+            "channel_binding=require cannot be honoured by the replication connection (it authenticates with SCRAM-SHA-256 without channel binding); remove it and use sslmode=verify-full, which keeps a man in the middle out as well",
+        )
+    }
+}
+
 /// The keys taken out of the string before tokio-postgres sees it.
 const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 

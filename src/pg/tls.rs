@@ -265,7 +265,11 @@ fn explain_rustls(e: &rustls::Error, tls: &TlsSettings, host: &str) -> String {
             }
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "it is not valid for the host name \"{host}\" (it names {}); connect with one of those names, or use sslmode=verify-ca to check the chain only",
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|n| bare_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             CertificateError::Expired => "it has expired".to_owned(),
             CertificateError::ExpiredContext { not_after, .. } => {
@@ -296,6 +300,15 @@ fn explain_rustls(e: &rustls::Error, tls: &TlsSettings, host: &str) -> String {
         "the server's certificate for \"{host}\" did not verify (sslmode={}): {why}",
         tls.mode.as_str()
     )
+}
+
+/// `localhost` from rustls' `DnsName("localhost")` (and an IP address
+/// from `IpAddress(..)`'s quoted form alike); anything else as it is.
+fn bare_name(presented: &str) -> &str {
+    match (presented.find('"'), presented.rfind('"')) {
+        (Some(a), Some(b)) if b > a => &presented[a + 1..b],
+        _ => presented,
+    }
 }
 
 fn unix_time(t: UnixTime) -> String {

@@ -18,3 +18,4 @@ mod listen;
 mod retry_race;
 mod secrets;
 mod setup_errors;
+mod tls;

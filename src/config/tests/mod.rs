@@ -276,6 +276,15 @@ fn tls_settings_are_validated_with_the_url() {
         &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=verify-full")),
         &["`source.url`", "needs sslrootcert"],
     );
+    // The replication connection cannot bind the channel; the ledger's can.
+    assert_err(
+        &minimal("", "").replace(DB_URL, &format!("{DB_URL}?channel_binding=require")),
+        &["`source.url`", "channel_binding=require cannot be honoured"],
+    );
+    parse_ok(&minimal(
+        "",
+        &format!("[ledger]\nurl = \"{DB_URL}2?channel_binding=require&sslmode=require\"\n"),
+    ));
 }
 
 #[test]
