@@ -287,6 +287,22 @@ async fn hostssl_only_refuses_plain_connections_with_a_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_is_refused_by_a_server_without_tls() {
+    // The shared cluster runs with ssl = off.
+    let db = crate::common::fresh_db("tls_off").await;
+    let url = Secret::new(format!("{}?sslmode=require", db.url));
+    let e = tls_error(connect(&url).await);
+    assert!(
+        e.contains("does not accept TLS connections") && e.contains("sslmode=require"),
+        "{e}"
+    );
+    let rc = pg::replication_config(&url, &db.name, "walhook").expect("config");
+    let mut client = ReplicationClient::connect(rc).await.expect("client");
+    let e = client.wait_started().await.expect_err("no TLS, no session");
+    assert!(e.to_string().contains("server does not support TLS"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_authenticate_a_role() {
     let s = server().await;
     let db = s.replication_db("tls_client_cert").await;
@@ -435,6 +451,31 @@ async fn walhook_runs_over_verify_full_and_check_explains_login_failures() {
     let (_dir, path) = app::write_config(&text);
     let (ok, out, err) = app::run_cli(&path, &["check"]);
     assert!(out.contains("reachable"), "{out}{err}");
+    // sslrootcert=system: the platform's bundle, here (through
+    // SSL_CERT_FILE, as OpenSSL reads it) the test's CA.
+    let system = text.replace(
+        &format!("sslrootcert={}", s.ca_file.display()),
+        "sslrootcert=system",
+    );
+    assert_ne!(system, text);
+    let (_dir, system_path) = app::write_config(&system);
+    let check = |cert_file: &std::path::Path| {
+        let out = std::process::Command::new(app::bin())
+            .args(["check", "--config"])
+            .arg(&system_path)
+            .env("SSL_CERT_FILE", cert_file)
+            .output()
+            .expect("walhook check");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check(&s.ca_file);
+    assert!(out.contains("✓ database: reachable"), "{out}");
+    let other = Ca::new("not the server's CA");
+    let out = check(&other.write("bundle.pem", &other.pem()));
+    assert!(
+        out.contains("not signed by the platform's trusted roots (sslrootcert=system)"),
+        "{out}"
+    );
     let wrong = text.replace(SCRAM_PW, "not-the-password");
     let (_dir, path) = app::write_config(&wrong);
     let (ok_wrong, out, _) = app::run_cli(&path, &["check"]);
