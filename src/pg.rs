@@ -337,37 +337,14 @@ pub async fn connect_notifying(
     );
     cfg.options(options.trim());
     cfg.connect_timeout(timeout);
-    let only_sockets = cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
-    // As in libpq, a Unix socket never uses TLS (the server offers none there).
-    cfg.ssl_mode(match tls.mode {
-        _ if only_sockets && !cfg.get_hosts().is_empty() => {
-            tokio_postgres::config::SslMode::Disable
-        }
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tokio_postgres::config::SslMode::Require
-        }
-    });
+    cfg.ssl_mode(driver_ssl_mode(&cfg, tls.mode));
     let connector = tls::connector(&tls).map_err(|reason| ConnectError::Tls {
         target: target(),
         reason,
     })?;
     let login = async {
-        let (client, mut conn) = cfg.connect(connector).await?;
-        tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => on_notification(n.channel()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "database connection closed");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        });
+        let (client, conn) = cfg.connect(connector).await?;
+        tokio::spawn(drive(conn, on_notification));
         client.simple_query("").await?;
         Ok::<_, tokio_postgres::Error>(client)
     };
@@ -387,6 +364,41 @@ pub async fn connect_notifying(
             target: target(),
             after: timeout,
         }),
+    }
+}
+
+/// tokio-postgres' `sslmode` for libpq's `mode`: it knows no verify modes
+/// (the rustls configuration does the verifying), and, as in libpq, a Unix
+/// socket never uses TLS (the server offers none there).
+fn driver_ssl_mode(cfg: &tokio_postgres::Config, mode: SslMode) -> tokio_postgres::config::SslMode {
+    use tokio_postgres::config::SslMode as Driver;
+    let hosts = cfg.get_hosts();
+    if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_))) {
+        return Driver::Disable;
+    }
+    match mode {
+        SslMode::Disable => Driver::Disable,
+        SslMode::Prefer => Driver::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Driver::Require,
+    }
+}
+
+/// Runs a connection until it closes, handing NOTIFY channels on.
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, on_notification: impl Fn(&str))
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => on_notification(n.channel()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "database connection closed");
+                break;
+            }
+            None => break,
+        }
     }
 }
 

@@ -27,8 +27,17 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The tokio-postgres connector for `tls` (unused when the mode is disable).
+/// The tokio-postgres connector for `tls`.
 pub fn connector(tls: &TlsSettings) -> Result<MakeRustlsConnect, String> {
+    if tls.mode == SslMode::Disable {
+        // Never used: no certificate file is read (libpq ignores them too).
+        let plain = TlsSettings {
+            mode: SslMode::Disable,
+            roots: None,
+            client_cert: None,
+        };
+        return Ok(MakeRustlsConnect::new(client_config(&plain)?));
+    }
     Ok(MakeRustlsConnect::new(client_config(tls)?))
 }
 
