@@ -409,34 +409,35 @@ async fn scram_and_md5_over_tls_on_both_kinds_of_connection() {
     assert!(e.contains("28P01"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn walhook_runs_over_verify_full_and_check_explains_login_failures() {
-    let s = server().await;
-    let db = fresh_db_on(&s.cluster, "tls_run").await;
+/// A database on the TLS server with table `leads`, and a config for it
+/// that logs in with SCRAM over verify-full; `rest` as in
+/// [`app::config_text`].
+async fn scram_config(s: &TlsServer, hint: &str, rest: &str) -> (Secret, String) {
+    let db = fresh_db_on(&s.cluster, hint).await;
     db.psql(app::LEADS).await;
+    let login = format!("{SCRAM_ROLE}:{SCRAM_PW}");
+    let url = s.url(&login, "localhost", &db.name, &s.verify_full());
+    let db = TestDb::elsewhere(&db.name, url.expose().to_owned());
+    (url, app::config_text(&db, app::LEADS_OBJECTS, rest))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walhook_run_captures_and_delivers_over_verify_full() {
+    let s = server().await;
     let recv = Receiver::start(Behaviour::AlwaysOk).await;
-    let url = s.url(
-        &format!("{SCRAM_ROLE}:{SCRAM_PW}"),
-        "localhost",
-        &db.name,
-        &s.verify_full(),
-    );
-    let test_db = TestDb::elsewhere(&db.name, url.expose().to_owned());
     let endpoint = format!(
         "[[endpoints]]\nid = \"crm\"\nurl = \"{}hooks\"\nsecret = \"tls-secret\"\n",
         recv.url()
     );
-    let text = app::config_text(&test_db, app::LEADS_OBJECTS, &endpoint);
+    let (url, text) = scram_config(s, "tls_run", &endpoint).await;
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let roles = walhook::Roles {
+        capture: true,
+        dispatch: true,
+        admin: false,
+    };
+    let run = InProcess::start(cfg, roles);
     let client = connect(&url).await.expect("connect");
     client
         .execute("INSERT INTO leads VALUES ('l1', 'Ada', 7)", &[])
@@ -447,10 +448,27 @@ async fn walhook_runs_over_verify_full_and_check_explains_login_failures() {
     assert_eq!(body["after"]["id"], "l1", "{body}");
     assert_eq!(body["after"]["score"], 7, "{body}");
     run.stop().await;
+}
 
-    let (_dir, path) = app::write_config(&text);
-    let (ok, out, err) = app::run_cli(&path, &["check"]);
-    assert!(out.contains("reachable"), "{out}{err}");
+/// `walhook check --config path` with SSL_CERT_FILE set: (exit ok, stdout).
+fn check_with_cert_file(path: &std::path::Path, cert_file: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(app::bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .env("SSL_CERT_FILE", cert_file)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("walhook check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_over_tls_reads_system_roots_and_explains_a_wrong_password() {
+    let s = server().await;
+    let (_, text) = scram_config(s, "tls_check", "").await;
     // sslrootcert=system: the platform's bundle, here (through
     // SSL_CERT_FILE, as OpenSSL reads it) the test's CA.
     let system = text.replace(
@@ -458,32 +476,28 @@ async fn walhook_runs_over_verify_full_and_check_explains_login_failures() {
         "sslrootcert=system",
     );
     assert_ne!(system, text);
-    let (_dir, system_path) = app::write_config(&system);
-    let check = |cert_file: &std::path::Path| {
-        let out = std::process::Command::new(app::bin())
-            .args(["check", "--config"])
-            .arg(&system_path)
-            .env("SSL_CERT_FILE", cert_file)
-            .output()
-            .expect("walhook check");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = check(&s.ca_file);
+    let (_dir, path) = app::write_config(&system);
+    let (_, out) = check_with_cert_file(&path, &s.ca_file);
     assert!(out.contains("✓ database: reachable"), "{out}");
     let other = Ca::new("not the server's CA");
-    let out = check(&other.write("bundle.pem", &other.pem()));
+    let (ok, out) = check_with_cert_file(&path, &other.write("bundle.pem", &other.pem()));
+    assert!(!ok);
     assert!(
         out.contains("not signed by the platform's trusted roots (sslrootcert=system)"),
         "{out}"
     );
+
     let wrong = text.replace(SCRAM_PW, "not-the-password");
     let (_dir, path) = app::write_config(&wrong);
-    let (ok_wrong, out, _) = app::run_cli(&path, &["check"]);
-    assert!(ok && !ok_wrong);
+    let (ok, out, _) = app::run_cli(&path, &["check"]);
+    assert!(!ok);
     assert!(
-        out.contains("28P01") && out.contains("The password is wrong"),
+        out.contains("✗ database")
+            && out.contains("28P01")
+            && out.contains("The password is wrong"),
         "{out}"
     );
+    assert!(!out.contains("not-the-password"), "{out}");
 }
 
 /// What a fake server on 127.0.0.1 saw as SNI in the ClientHello of the
