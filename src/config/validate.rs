@@ -99,7 +99,7 @@ impl Validator<'_> {
         let (url_key, url) = self
             .value_or_env("source", "url", file.url, env_name)?
             .ok_or_else(|| self.invalid("source.url", "missing; set `url` or `url_env`"))?;
-        self.database_url(&url_key, &url)?;
+        self.database_url(&url_key, &url, true)?;
         Ok(SourceConfig {
             url: Secret::new(url),
             name: file.name,
@@ -111,21 +111,22 @@ impl Validator<'_> {
         })
     }
 
-    /// A PostgreSQL connection string walhook can use.
-    fn database_url(&self, key: &str, url: &str) -> Res<()> {
-        match url.parse::<tokio_postgres::Config>() {
+    /// A PostgreSQL connection string walhook can use, TLS keys included
+    /// (libpq's meaning of `sslmode`, `sslrootcert`, `sslcert`, `sslkey`);
+    /// `replication` when capture also opens its replication connection with it.
+    fn database_url(&self, key: &str, url: &str, replication: bool) -> Res<()> {
+        match crate::pg::conninfo::parse(url) {
             // The parser's message may quote the value, which holds the password.
-            Err(_) => Err(self.invalid(
+            Err(crate::pg::conninfo::ConnInfoError::Syntax(_)) => Err(self.invalid(
                 key,
                 "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
             )),
-            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
-                Err(self.invalid(
-                    key,
-                    "sslmode=require is not supported yet: walhook's database connections have no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
-                ))
-            }
-            Ok(_) => Ok(()),
+            // These quote only TLS keys and their values.
+            Err(e @ crate::pg::conninfo::ConnInfoError::Tls(_)) => Err(self.invalid(key, e.to_string())),
+            Ok(info) => match info.replication_refusal().filter(|_| replication) {
+                Some(why) => Err(self.invalid(key, why)),
+                None => Ok(()),
+            },
         }
     }
 
@@ -134,7 +135,7 @@ impl Validator<'_> {
             // The same database as the source is not a separate one.
             Some((_, url)) if url == source.url.expose() => None,
             Some((key, url)) => {
-                self.database_url(&key, &url)?;
+                self.database_url(&key, &url, false)?;
                 Some(Secret::new(url))
             }
             None => None,

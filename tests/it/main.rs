@@ -25,3 +25,4 @@ mod retry_race;
 mod secrets;
 mod setup_errors;
 mod startup;
+mod tls;

@@ -4,7 +4,8 @@
 //! deadline-bound waits. The submodules hold a scriptable HTTP receiver
 //! (`receiver`), walhook run in-process or as a child (`app`), a walhook with
 //! real deliveries for the admin tests (`admin`), a child's output line by
-//! line (`lines`) and `walhook run` as a child whose log is read (`daemon`).
+//! line (`lines`), `walhook run` as a child whose log is read (`daemon`)
+//! and certificates for the TLS tests (`pki`).
 //!
 //! The shared cluster lives in a `static` and is never dropped. That is safe:
 //! every [`TempCluster`] has a watchdog process that stops the server and
@@ -17,6 +18,7 @@ pub mod app;
 pub mod daemon;
 pub mod drift;
 pub mod lines;
+pub mod pki;
 pub mod receiver;
 
 use std::future::Future;
