@@ -6,6 +6,7 @@ fn object(exclude: &[&str]) -> ObjectConfig {
         table: "items".into(),
         slug: "item".into(),
         exclude_columns: exclude.iter().map(|s| s.to_string()).collect(),
+        when_changed: Vec::new(),
     }
 }
 

@@ -122,7 +122,7 @@ impl Engine {
         };
         let c = &d.ev.captured;
         let next = outcome::next_state(
-            &self.deps.cfg.delivery.retry,
+            &self.eps[d.ep].cfg.retry,
             &done.record,
             c.commit_time_unix_micros.div_euclid(1000),
             1,
