@@ -31,6 +31,10 @@ pub struct ClaimRequest<'a> {
     pub endpoints: &'a [String],
     /// `limits[i]` deliveries at most for `endpoints[i]`.
     pub limits: &'a [i64],
+    /// `caps[i]` > 0: endpoint `endpoints[i]` may have at most that many
+    /// deliveries leased at once, by every process together
+    /// (`max_in_flight`).
+    pub caps: &'a [i64],
     pub total: i64,
     pub lease: Duration,
     pub per_record: bool,
@@ -95,6 +99,12 @@ impl Ledger {
     /// (so one slow endpoint cannot take every slot), `total` in all. With
     /// `per_record`, a delivery is due only when no earlier event of the same
     /// record for the same endpoint is still open. Disabled endpoints get none.
+    ///
+    /// An endpoint with a cap gets at most `cap - (its live leases)`, every
+    /// process counted. Claims of capped endpoints take their rows in the
+    /// endpoints table `FOR UPDATE` first, in a transaction of their own, so
+    /// they run one at a time and each one's count (a fresh snapshot taken
+    /// after the lock) sees the leases the one before it committed.
     pub async fn claim(
         &self,
         client: &Client,
@@ -104,17 +114,49 @@ impl Ledger {
         let ClaimRequest {
             endpoints,
             limits,
+            caps,
             total,
             lease,
             per_record,
         } = *req;
-        let sql = claim_sql(&self.q(), per_record);
-        let rows = client
-            .query(
-                &sql,
-                &[&total, &owner, &endpoints, &lease.as_secs_f64(), &limits],
-            )
-            .await?;
+        let s = self.q();
+        let capped: Vec<&String> = endpoints
+            .iter()
+            .zip(limits.iter().zip(caps))
+            .filter(|(_, (n, cap))| **n > 0 && **cap > 0)
+            .map(|(e, _)| e)
+            .collect();
+        let sql = claim_sql(&s, per_record);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &total,
+            &owner,
+            &endpoints,
+            &lease.as_secs_f64(),
+            &limits,
+            &caps,
+        ];
+        let rows = if capped.is_empty() {
+            client.query(&sql, &params).await?
+        } else {
+            client.batch_execute("BEGIN").await?;
+            let locked = client
+                .query(
+                    &format!(
+                        "SELECT id FROM {s}.endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+                    ),
+                    &[&capped],
+                )
+                .await;
+            let rows = match locked {
+                Ok(_) => client.query(&sql, &params).await,
+                Err(e) => Err(e),
+            };
+            let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = client.batch_execute(end).await;
+            let rows = rows?;
+            ended?;
+            rows
+        };
         let mut out: Vec<Claimed> = rows
             .iter()
             .map(|r| Claimed {
@@ -455,11 +497,22 @@ fn claim_sql(s: &str, per_record: bool) -> String {
     } else {
         String::new()
     };
+    // A capped endpoint's leases are counted among its open deliveries
+    // (a leased delivery is open until its attempt is recorded).
     format!(
-        "WITH lim AS (
-           SELECT l.endpoint_id, l.n FROM unnest($3::text[], $5::int8[]) AS l(endpoint_id, n)
+        "WITH req AS (
+           SELECT l.endpoint_id,
+                  CASE WHEN l.cap > 0 THEN least(l.n, l.cap - (
+                    SELECT count(*) FROM {s}.deliveries x
+                    WHERE x.endpoint_id = l.endpoint_id
+                      AND x.status IN ('pending', 'retrying')
+                      AND x.lease_until >= now()))
+                  ELSE l.n END AS n
+           FROM unnest($3::text[], $5::int8[], $6::int8[]) AS l(endpoint_id, n, cap)
            WHERE l.n > 0
              AND l.endpoint_id NOT IN (SELECT id FROM {s}.endpoints WHERE NOT enabled)
+         ), lim AS (
+           SELECT endpoint_id, n FROM req WHERE n > 0
          ), cand AS (
            SELECT c.id FROM lim CROSS JOIN LATERAL (
              SELECT d.id, d.next_attempt_at FROM {s}.deliveries d

@@ -158,7 +158,7 @@ impl Engine {
         let parked = self
             .eps
             .iter()
-            .filter(|e| e.parked.is_some())
+            .filter(|e| e.parked.is_some() && !e.ledger_only)
             .map(|e| e.id.to_string())
             .collect();
         self.looking = self.asks.try_send(Ask { records, parked }).is_ok();
@@ -181,7 +181,12 @@ impl Engine {
                 continue;
             }
             let idle = seen.idle.iter().any(|d| **d == *ep.id);
-            if ep.parked.is_some() && idle && ep.spilling == 0 && ep.spilled_at < seen.looked_at {
+            if ep.parked.is_some()
+                && !ep.ledger_only
+                && idle
+                && ep.spilling == 0
+                && ep.spilled_at < seen.looked_at
+            {
                 tracing::info!(endpoint = %ep.id, "first attempts from the stream again");
                 let ep = &mut self.eps[i];
                 ep.parked = None;
