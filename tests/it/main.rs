@@ -16,6 +16,7 @@ mod embedded;
 mod fast_path;
 mod http_attempt;
 mod listen;
+mod policy;
 mod retry_race;
 mod secrets;
 mod setup_errors;
