@@ -33,7 +33,7 @@ const STOP_GRACE: Duration = Duration::from_millis(2_500);
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How soon due deliveries that could not be claimed are looked at again.
 const BLOCKED_POLL: Duration = Duration::from_millis(10);
-const LIMITED_POLL: Duration = Duration::from_millis(50);
+const LIMITED_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {

@@ -6,7 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
 
 use super::history::DeliveryState;
 use super::{Ledger, LedgerError};
@@ -127,7 +128,7 @@ impl Ledger {
             .map(|(e, _)| e)
             .collect();
         let sql = claim_sql(&s, per_record);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        let params: [&(dyn ToSql + Sync); 6] = [
             &total,
             &owner,
             &endpoints,
@@ -138,24 +139,8 @@ impl Ledger {
         let rows = if capped.is_empty() {
             client.query(&sql, &params).await?
         } else {
-            client.batch_execute("BEGIN").await?;
-            let locked = client
-                .query(
-                    &format!(
-                        "SELECT id FROM {s}.endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-                    ),
-                    &[&capped],
-                )
-                .await;
-            let rows = match locked {
-                Ok(_) => client.query(&sql, &params).await,
-                Err(e) => Err(e),
-            };
-            let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let ended = client.batch_execute(end).await;
-            let rows = rows?;
-            ended?;
-            rows
+            self.claim_serialized(client, &capped, &sql, &params)
+                .await?
         };
         let mut out: Vec<Claimed> = rows
             .iter()
@@ -172,6 +157,31 @@ impl Ledger {
             .collect();
         out.sort_by_key(|c| c.delivery_id);
         Ok(out)
+    }
+
+    /// Runs the claim statement in a transaction that first locks the rows of
+    /// the `capped` endpoints (see [`Ledger::claim`]).
+    async fn claim_serialized(
+        &self,
+        client: &Client,
+        capped: &[&String],
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let s = self.q();
+        client.batch_execute("BEGIN").await?;
+        let lock =
+            format!("SELECT id FROM {s}.endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+        let rows = match client.query(&lock, &[&capped]).await {
+            Ok(_) => client.query(sql, params).await,
+            Err(e) => Err(e),
+        };
+        let ended = client
+            .batch_execute(if rows.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await;
+        let rows = rows?;
+        ended?;
+        Ok(rows)
     }
 
     /// When the next open delivery becomes due (for the idle sleep).
@@ -497,16 +507,22 @@ fn claim_sql(s: &str, per_record: bool) -> String {
     } else {
         String::new()
     };
-    // A capped endpoint's leases are counted among its open deliveries
-    // (a leased delivery is open until its attempt is recorded).
+    // A capped endpoint's live leases are counted among its open
+    // deliveries (a leased delivery is open until its attempt is recorded),
+    // at most up to the cap. No index covers leases (one would make every
+    // lease a non-HOT update), so the count reads the endpoint's open
+    // deliveries: about 40-100 ms with 100,000 of them waiting.
     format!(
         "WITH req AS (
            SELECT l.endpoint_id,
                   CASE WHEN l.cap > 0 THEN least(l.n, l.cap - (
-                    SELECT count(*) FROM {s}.deliveries x
-                    WHERE x.endpoint_id = l.endpoint_id
-                      AND x.status IN ('pending', 'retrying')
-                      AND x.lease_until >= now()))
+                    SELECT count(*) FROM (
+                      SELECT 1 FROM {s}.deliveries x
+                      WHERE x.endpoint_id = l.endpoint_id
+                        AND x.status IN ('pending', 'retrying')
+                        AND x.lease_until >= now()
+                      ORDER BY x.next_attempt_at, x.id
+                      LIMIT l.cap) leased))
                   ELSE l.n END AS n
            FROM unnest($3::text[], $5::int8[], $6::int8[]) AS l(endpoint_id, n, cap)
            WHERE l.n > 0
