@@ -218,3 +218,37 @@ fn when_changed_lists_columns() {
         ],
     );
 }
+
+#[test]
+fn the_example_file_policy_lines_are_valid_when_uncommented() {
+    let keys = [
+        "when_changed",
+        "retry",
+        "headers",
+        "rate_limit",
+        "max_in_flight",
+        "filter",
+    ];
+    let text: String = include_str!("../../../config.example.toml")
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if keys.iter().any(|k| rest.starts_with(&format!("{k} ="))) => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let env = fake_env(&[
+        ("DATABASE_URL", DB_URL),
+        ("WALHOOK_CRM_SECRET", "x"),
+        ("WALHOOK_CRM_API_KEY", "k"),
+        ("WALHOOK_ADMIN_TOKEN", "t"),
+    ]);
+    let c = Config::from_toml_str_with_env(&text, "config.example.toml", &env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ep = &c.endpoints[0];
+    assert_eq!(ep.retry.max_attempts, Some(5));
+    assert_eq!(ep.headers.len(), 2);
+    assert_eq!((ep.rate_limit, ep.max_in_flight), (Some(10.0), Some(1)));
+    assert!(ep.filter.is_some());
+    assert_eq!(c.objects[0].when_changed, ["stage", "score"]);
+}
