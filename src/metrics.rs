@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Why capture is stopped until the operator acts (`None`: it is not).
     capture_blocked: Mutex<Option<String>>,
     events_captured: Mutex<BTreeMap<String, u64>>,
+    /// endpoint -> events its content filter kept from it.
+    events_filtered: Mutex<BTreeMap<String, u64>>,
     /// endpoint -> outcome -> count; outcome is `success`, `failure` or `disabled`.
     deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<Histogram>,
@@ -90,6 +92,21 @@ impl Metrics {
     }
     pub fn events_captured(&self) -> BTreeMap<String, u64> {
         self.events_captured.lock().unwrap().clone()
+    }
+
+    /// Count one event that `endpoint` subscribes to by name but its content
+    /// filter kept from it (rejected, or could not decide).
+    pub fn event_filtered(&self, endpoint: &str) {
+        let mut m = self.events_filtered.lock().unwrap();
+        match m.get_mut(endpoint) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(endpoint.to_string(), 1);
+            }
+        }
+    }
+    pub fn events_filtered(&self) -> BTreeMap<String, u64> {
+        self.events_filtered.lock().unwrap().clone()
     }
 
     /// Count one attempt of `endpoint` ending in `outcome` (`success`,
@@ -163,5 +180,8 @@ mod tests {
         let e = m.events_captured();
         assert_eq!(e["lead.create"], 2);
         assert_eq!(e["user.delete"], 1);
+        m.event_filtered("crm");
+        m.event_filtered("crm");
+        assert_eq!(m.events_filtered()["crm"], 2);
     }
 }

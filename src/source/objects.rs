@@ -59,6 +59,8 @@ pub struct Resolved {
     pub excluded_names: BTreeSet<String>,
     /// (attribute number, the config's name for it) of each excluded column.
     pub excluded: Vec<(i16, String)>,
+    /// `when_changed` columns; empty: every update is sent.
+    pub watched_attnums: Vec<i16>,
 }
 
 impl Resolved {
@@ -188,6 +190,18 @@ pub enum ObjectError {
         table: String,
         column: String,
     },
+    #[error(
+        "when_changed of object {slug} names `{column}`, which is not a column of {table}. Fix the name (after a rename, write the column's new name)."
+    )]
+    UnknownWatched {
+        slug: String,
+        table: String,
+        column: String,
+    },
+    #[error(
+        "when_changed of object {slug} names `{column}`, which is excluded (exclude_columns, perhaps under an earlier name): an excluded column cannot decide which updates are sent"
+    )]
+    WatchesExcluded { slug: String, column: String },
 }
 
 /// Resolves one object: `by_name` is the table the config names (if it
@@ -253,6 +267,7 @@ pub fn resolve(
             column: table.live(*a).map(|a| a.name.clone()).unwrap_or_default(),
         });
     }
+    let watched_attnums = watched(object, table, &excluded_attnums)?;
     Ok((
         Resolved {
             slug: object.slug.clone(),
@@ -262,9 +277,39 @@ pub fn resolve(
             excluded_attnums,
             excluded_names,
             excluded,
+            watched_attnums,
         },
         notices,
     ))
+}
+
+/// The `when_changed` columns of `object` as attribute numbers: each names
+/// a column of the table today, and none is excluded.
+fn watched(
+    object: &ObjectConfig,
+    table: &TableInfo,
+    excluded: &[i16],
+) -> Result<Vec<i16>, ObjectError> {
+    object
+        .when_changed
+        .iter()
+        .map(|column| {
+            let attr = table
+                .live_named(column)
+                .ok_or_else(|| ObjectError::UnknownWatched {
+                    slug: object.slug.clone(),
+                    table: table.qualified(),
+                    column: column.clone(),
+                })?;
+            if excluded.contains(&attr.attnum) {
+                return Err(ObjectError::WatchesExcluded {
+                    slug: object.slug.clone(),
+                    column: column.clone(),
+                });
+            }
+            Ok(attr.attnum)
+        })
+        .collect()
 }
 
 /// The excluded columns of `object`: (attribute number, the config's name)

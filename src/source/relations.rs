@@ -119,13 +119,15 @@ impl Relations {
             self.notices.push(notice);
         }
         let (excluded, key) = columns(object, &rel, table.as_ref());
+        let when_changed = watched(object, &rel, table.as_ref());
         let mut rel = rel;
         self.resolve_domains(db, &mut rel).await?;
         let type_names = &self.type_names;
         let slug = self.objects[index].slug.clone();
         let map = TableMap::new(rel, slug, excluded, key, &|oid| {
             type_names.get(&oid).cloned()
-        });
+        })
+        .with_when_changed(when_changed);
         self.relations.insert(id, RelState::Mapped(Box::new(map)));
         Ok(())
     }
@@ -258,6 +260,35 @@ fn renamed_exclusions(object: &mut Resolved, table: Option<&TableInfo>) -> Vec<N
         }
     }
     notices
+}
+
+/// Which columns of `rel` are `when_changed` columns, by attribute number
+/// (a renamed one stays one); `None`: every update is sent. After DDL that
+/// leaves the alignment ambiguous, a column that may be one counts as one,
+/// and without the catalog every update is sent: an extra update is safer
+/// than a lost one.
+fn watched(object: &Resolved, rel: &Relation, table: Option<&TableInfo>) -> Option<Vec<bool>> {
+    if object.watched_attnums.is_empty() {
+        return None;
+    }
+    let table = table?;
+    let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+    match align::align(&names, &table.attrs) {
+        Some(a) => Some(
+            (0..names.len())
+                .map(|i| a.may_be_any(i, &object.watched_attnums))
+                .collect(),
+        ),
+        None => {
+            let today: Vec<&str> = table
+                .attrs
+                .iter()
+                .filter(|a| !a.dropped && object.watched_attnums.contains(&a.attnum))
+                .map(|a| a.name.as_str())
+                .collect();
+            Some(names.iter().map(|n| today.contains(n)).collect())
+        }
+    }
 }
 
 /// Positions of the key attributes in the message: by alignment, else by

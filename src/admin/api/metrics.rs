@@ -142,6 +142,19 @@ fn process_counters(out: &mut String, m: &Metrics) {
     }
     family(
         out,
+        "walhook_events_filtered_total",
+        "counter",
+        "Events an endpoint subscribes to by name that its content filter kept from it (false, or undecided), by endpoint.",
+    );
+    for (ep, n) in m.events_filtered() {
+        let _ = writeln!(
+            out,
+            "walhook_events_filtered_total{{endpoint=\"{}\"}} {n}",
+            label(&ep)
+        );
+    }
+    family(
+        out,
         "walhook_deliveries_total",
         "counter",
         "Delivery attempts this process finished, by endpoint and outcome (success; failure: a retry is scheduled; disabled: gave up).",
@@ -248,6 +261,7 @@ mod tests {
         m.event_captured("lead.create");
         m.delivery_outcome("crm", "success");
         m.delivery_outcome("we\"ird", "failure");
+        m.event_filtered("crm");
         m.observe_attempt_seconds(0.003);
         m.observe_attempt_seconds(0.2);
         m.observe_attempt_seconds(100.0);
@@ -257,6 +271,7 @@ mod tests {
             text.contains("walhook_deliveries_total{endpoint=\"crm\",outcome=\"success\"} 1\n")
         );
         assert!(text.contains("endpoint=\"we\\\"ird\""), "{text}");
+        assert!(text.contains("walhook_events_filtered_total{endpoint=\"crm\"} 1\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"0.25\"} 2\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"30\"} 2\n"));

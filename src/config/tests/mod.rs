@@ -3,6 +3,7 @@
 
 mod errors;
 mod fields;
+mod policy;
 
 use std::time::Duration;
 

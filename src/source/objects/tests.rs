@@ -6,6 +6,7 @@ fn object(exclude: &[&str]) -> ObjectConfig {
         table: "items".into(),
         slug: "item".into(),
         exclude_columns: exclude.iter().map(|s| s.to_string()).collect(),
+        when_changed: Vec::new(),
     }
 }
 
@@ -129,6 +130,41 @@ fn excluding_a_key_column_is_an_error() {
     let t = table("items", &["id", "name"], &[1]);
     let err = resolve(&object(&["id"]), Some(&t), None, None).unwrap_err();
     assert!(matches!(err, ObjectError::ExcludesKey { .. }), "{err}");
+}
+
+#[test]
+fn when_changed_columns_resolve_to_attribute_numbers() {
+    let t = table("items", &["id", "....dropped", "stage", "score"], &[1]);
+    let mut o = object(&[]);
+    o.when_changed = vec!["score".into(), "stage".into()];
+    let (r, _) = resolve(&o, Some(&t), None, None).unwrap();
+    assert_eq!(r.watched_attnums, vec![4, 3]);
+    assert!(
+        resolve(&object(&[]), Some(&t), None, None)
+            .unwrap()
+            .0
+            .watched_attnums
+            .is_empty()
+    );
+    o.when_changed = vec!["stgae".into()];
+    let err = resolve(&o, Some(&t), None, None).unwrap_err();
+    assert!(matches!(err, ObjectError::UnknownWatched { ref column, .. } if column == "stgae"));
+    assert!(
+        err.to_string()
+            .contains("when_changed of object item names `stgae`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_when_changed_column_that_is_excluded_under_another_name_is_an_error() {
+    // `note` was renamed `stage`; the config still excludes it as `note`.
+    let t = table("items", &["id", "stage"], &[1]);
+    let remembered = remembered(&t, &[(2, "note")]);
+    let mut o = object(&["note"]);
+    o.when_changed = vec!["stage".into()];
+    let err = resolve(&o, Some(&t), None, Some(&remembered)).unwrap_err();
+    assert!(matches!(err, ObjectError::WatchesExcluded { .. }), "{err}");
 }
 
 #[test]
