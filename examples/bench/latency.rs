@@ -1,0 +1,184 @@
+//! `latency`: commit -> delivery at a steady rate of single-row commits.
+//! Commit k is due at k / rate seconds after the start; a few connections
+//! share the schedule (with fsync on a commit waits for the disk, so one
+//! connection alone may fall behind). Latency is the receiver's arrival
+//! time minus the moment the application's COMMIT returned, both read from
+//! this process's monotonic clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::figures::{grouped, median, percentile, verdict};
+use crate::harness::{Ctx, Opts, Placement, connect};
+use crate::receiver::{self, Mode, Receiver};
+use crate::workload::INSERT_SQL;
+
+struct Figures {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+pub async fn run(
+    ctx: &Ctx<'_>,
+    reps: usize,
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+) -> Result<()> {
+    let total = rate * seconds;
+    let (recv, url) = receiver::start().await?;
+    println!(
+        "latency: {} single-row inserts, each its own commit, at {rate}/s for {seconds} s from {connections} connections sharing the schedule, while `walhook run --no-admin` runs; latency = arrival at the receiver - return of the COMMIT; {reps} repetitions",
+        grouped(total as f64)
+    );
+    let mut by_placement: Vec<(Placement, Vec<Figures>)> =
+        ctx.placements.iter().map(|p| (*p, Vec::new())).collect();
+    for rep in 1..=reps {
+        let n = by_placement.len();
+        for i in 0..n {
+            let (p, figures) = &mut by_placement[(i + rep - 1) % n];
+            figures.push(one(ctx, rep, *p, rate, total, connections, &recv, &url).await?);
+        }
+    }
+    for (p, figures) in &by_placement {
+        let m = |f: &dyn Fn(&Figures) -> f64| median(&figures.iter().map(f).collect::<Vec<_>>());
+        let p99 = m(&|f| f.p99);
+        println!(
+            "median, {}: p50 {:.1} ms, p99 {p99:.1} ms, max {:.1} ms (issue 3 target p99 <= 50 ms: {})",
+            p.label(),
+            m(&|f| f.p50),
+            m(&|f| f.max),
+            verdict(p99 <= 50.0)
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one(
+    ctx: &Ctx<'_>,
+    rep: usize,
+    p: Placement,
+    rate: u64,
+    total: u64,
+    connections: usize,
+    recv: &Receiver,
+    url: &str,
+) -> Result<Figures> {
+    let name = format!("l{rep}_{}", p.short());
+    let t = ctx.target(&name, p == Placement::Separate).await?;
+    let opts = Opts {
+        endpoint: Some(url),
+        ..Opts::default()
+    };
+    let inst = ctx.instance(&t, &name, p, opts).await?;
+    recv.reset(Mode::Latency, total);
+    let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
+    ctx.wait_ready(&inst, true, &mut proc).await?;
+    let load = steady_load(&t.url, rate, total, connections).await?;
+    recv.wait_target(&mut proc, Duration::from_secs(300))
+        .await?;
+    proc.stop().await?;
+    let arrivals: HashMap<u64, Instant> = recv.arrivals.lock().unwrap().iter().copied().collect();
+    let matched: Vec<(Instant, Instant)> = load
+        .commits
+        .iter()
+        .filter_map(|(n, at)| Some((*at, *arrivals.get(n)?)))
+        .collect();
+    // Postgres sends a change once its commit is flushed; the receiver may
+    // have it before the application has read COMMIT's answer.
+    let early = matched.iter().filter(|(c, a)| a < c).count();
+    let mut lat: Vec<f64> = matched
+        .iter()
+        .map(|(c, a)| a.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        .collect();
+    if lat.len() as u64 != total {
+        bail!("latency: {} of {total} commits arrived", lat.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    let f = Figures {
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        max: lat[lat.len() - 1],
+    };
+    println!(
+        "rep {rep}, {}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms | load: {}/s achieved, {} commits started > 1 ms late, COMMIT took p50 {:.2} ms, p99 {:.2} ms | {early} arrived before their COMMIT returned (counted as 0 ms) | {} bad signatures",
+        p.label(),
+        f.p50,
+        percentile(&lat, 90.0),
+        f.p99,
+        f.max,
+        grouped(total as f64 / load.secs),
+        load.late,
+        load.commit_ms.0,
+        load.commit_ms.1,
+        recv.bad_signatures(),
+    );
+    ctx.drop_target(t).await?;
+    Ok(f)
+}
+
+/// What the steady load did.
+struct Load {
+    /// (lead number, when its COMMIT returned).
+    commits: Vec<(u64, Instant)>,
+    secs: f64,
+    late: u64,
+    /// Median and p99 of the COMMIT round trip, in ms.
+    commit_ms: (f64, f64),
+}
+
+/// Commits `total` single-row inserts, commit k due at k / rate s.
+async fn steady_load(url: &str, rate: u64, total: u64, connections: usize) -> Result<Load> {
+    let next = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
+    let commits = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let took = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let db = connect(url).await?;
+        let (next, late, commits, took) =
+            (next.clone(), late.clone(), commits.clone(), took.clone());
+        tasks.spawn(async move {
+            let insert = db.prepare(INSERT_SQL).await?;
+            loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+                if due.elapsed() > Duration::from_millis(1) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                let n = (k + 1) as i64;
+                let sent = Instant::now();
+                db.execute(&insert, &[&n, &n]).await?;
+                let at = Instant::now();
+                commits.lock().unwrap().push((k + 1, at));
+                took.lock()
+                    .unwrap()
+                    .push((at - sent).as_secs_f64() * 1000.0);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut took = std::mem::take(&mut *took.lock().unwrap());
+    took.sort_by(f64::total_cmp);
+    let commits = std::mem::take(&mut *commits.lock().unwrap());
+    Ok(Load {
+        commits,
+        secs,
+        late: late.load(Ordering::Relaxed),
+        commit_ms: (percentile(&took, 50.0), percentile(&took, 99.0)),
+    })
+}
