@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::figures::{grouped, mb, median, pct, verdict};
-use crate::harness::{Ctx, Instance, Opts, Placement, backends_text, recvlogical};
+use crate::harness::{Ctx, Opts, Placement, backends_text, recvlogical};
 use crate::procfs::{RssSampler, own_cpu};
 use crate::receiver::{self, Mode, Receiver};
 use crate::workload::{Op, commit_all, describe, workload};
@@ -146,7 +146,7 @@ async fn walhook(
     let cpu = proc.cpu_seconds() - cpu0;
     let (pg, own) = (ctx.cluster_cpu() - pg0, own_cpu(ctx.clk_tck) - own0);
     let parts = ctx.backends().await?.since(&backends0);
-    let recorded = wait_recorded(&inst, changes).await?;
+    let recorded = inst.wait_recorded(changes).await?;
     proc.stop().await?;
     ctx.print_statements().await?;
     let spilled = crate::harness::count(
@@ -175,24 +175,6 @@ async fn walhook(
             backends_text(&parts)
         ),
     })
-}
-
-/// Waits until every delivery is recorded in the ledger (as a narrow
-/// `delivered` row, or a ledger delivery that succeeded); returns how many
-/// and when.
-async fn wait_recorded(inst: &Instance, changes: u64) -> Result<(i64, Instant)> {
-    let ledger = inst.ledger().await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (fast, ledgered) = inst.succeeded(&ledger).await?;
-        if fast + ledgered >= changes as i64 {
-            return Ok((fast + ledgered, Instant::now()));
-        }
-        if Instant::now() > deadline {
-            bail!("only {fast} + {ledgered} of {changes} deliveries were recorded within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn rate(changes: u64, secs: f64) -> f64 {

@@ -2,7 +2,7 @@
 //! walhook configs (ledger in the source database or in a database of its
 //! own), `walhook setup`, the walhook child processes, and waiting for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,44 @@ impl Instance {
             )
             .await?;
         Ok((row.get(0), row.get(1)))
+    }
+
+    /// Waits until `n` deliveries are recorded as succeeded (see
+    /// [`Instance::succeeded`]); returns how many and when.
+    pub async fn wait_recorded(&self, n: u64) -> Result<(i64, Instant)> {
+        let ledger = self.ledger().await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (fast, ledgered) = self.succeeded(&ledger).await?;
+            if fast + ledgered >= n as i64 {
+                return Ok((fast + ledgered, Instant::now()));
+            }
+            if Instant::now() > deadline {
+                bail!("only {fast} + {ledgered} of {n} deliveries were recorded within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The commit time (from the WAL's commit record, as walhook recorded
+    /// it) of every delivered event, in microseconds since the Unix epoch.
+    pub async fn commit_times(&self) -> Result<HashMap<String, i64>> {
+        let s = &self.slot;
+        let rows = self
+            .ledger()
+            .await?
+            .query(
+                &format!(
+                    "SELECT event_id, (extract(epoch FROM commit_time) * 1000000)::int8
+                       FROM {s}.delivered
+                     UNION ALL
+                     SELECT e.event_id, (extract(epoch FROM e.commit_time) * 1000000)::int8
+                       FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

@@ -1,9 +1,15 @@
 //! `latency`: commit -> delivery at a steady rate of single-row commits.
 //! Commit k is due at k / rate seconds after the start; a few connections
 //! share the schedule (with fsync on a commit waits for the disk, so one
-//! connection alone may fall behind). Latency is the receiver's arrival
-//! time minus the moment the application's COMMIT returned, both read from
-//! this process's monotonic clock.
+//! connection alone may fall behind).
+//!
+//! Latency is the receiver's arrival time (wall clock) minus the commit
+//! time Postgres wrote in the transaction's commit record (walhook records
+//! it with each delivery; same machine, same clock). As a cross-check, the
+//! arrival is also compared with the moment the application's COMMIT
+//! returned (monotonic clock); Postgres sends a change once its commit is
+//! flushed, so the receiver may have it before the application read
+//! COMMIT's answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +39,7 @@ pub async fn run(
     let total = rate * seconds;
     let (recv, url) = receiver::start().await?;
     println!(
-        "latency: {} single-row inserts, each its own commit, at {rate}/s for {seconds} s from {connections} connections sharing the schedule, while `walhook run --no-admin` runs; latency = arrival at the receiver - return of the COMMIT; {reps} repetitions",
+        "latency: {} single-row inserts, each its own commit, at {rate}/s for {seconds} s from {connections} connections sharing the schedule, while `walhook run --no-admin` runs; latency = arrival at the receiver - the commit record's timestamp; {reps} repetitions",
         grouped(total as f64)
     );
     let mut by_placement: Vec<(Placement, Vec<Figures>)> =
@@ -83,36 +89,49 @@ async fn one(
     let load = steady_load(&t.url, rate, total, connections).await?;
     recv.wait_target(&mut proc, Duration::from_secs(300))
         .await?;
+    inst.wait_recorded(total).await?;
     proc.stop().await?;
-    let arrivals: HashMap<u64, Instant> = recv.arrivals.lock().unwrap().iter().copied().collect();
-    let matched: Vec<(Instant, Instant)> = load
-        .commits
-        .iter()
-        .filter_map(|(n, at)| Some((*at, *arrivals.get(n)?)))
-        .collect();
-    // Postgres sends a change once its commit is flushed; the receiver may
-    // have it before the application has read COMMIT's answer.
-    let early = matched.iter().filter(|(c, a)| a < c).count();
-    let mut lat: Vec<f64> = matched
-        .iter()
-        .map(|(c, a)| a.saturating_duration_since(*c).as_secs_f64() * 1000.0)
-        .collect();
-    if lat.len() as u64 != total {
-        bail!("latency: {} of {total} commits arrived", lat.len());
+    let commit_times = inst.commit_times().await?;
+    let returned: HashMap<u64, Instant> = load.commits.iter().copied().collect();
+    let (mut lat, mut after_return) = (Vec::new(), Vec::new());
+    for a in recv.arrivals.lock().unwrap().iter() {
+        if let Some(c) = commit_times.get(&a.event_id) {
+            lat.push((a.unix_micros - c) as f64 / 1000.0);
+        }
+        if let Some(r) = returned.get(&a.lead) {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            after_return.push(
+                ms(a.at.saturating_duration_since(*r)) - ms(r.saturating_duration_since(a.at)),
+            );
+        }
+    }
+    if lat.len() as u64 != total || after_return.len() as u64 != total {
+        bail!(
+            "latency: {} of {total} arrivals matched a recorded commit time, {} a commit of the load",
+            lat.len(),
+            after_return.len()
+        );
     }
     lat.sort_by(f64::total_cmp);
+    after_return.sort_by(f64::total_cmp);
+    let early = after_return.iter().filter(|ms| **ms < 0.0).count();
     let f = Figures {
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
         max: lat[lat.len() - 1],
     };
     println!(
-        "rep {rep}, {}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms | load: {}/s achieved, {} commits started > 1 ms late, COMMIT took p50 {:.2} ms, p99 {:.2} ms | {early} arrived before their COMMIT returned (counted as 0 ms) | {} bad signatures",
+        "rep {rep}, {}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms | from COMMIT's return: p50 {:.1} ms, p99 {:.1} ms, {early} before it",
         p.label(),
         f.p50,
         percentile(&lat, 90.0),
         f.p99,
         f.max,
+        percentile(&after_return, 50.0),
+        percentile(&after_return, 99.0),
+    );
+    println!(
+        "    load: {}/s achieved, {} commits started > 1 ms late, COMMIT round trip p50 {:.2} ms, p99 {:.2} ms | {} bad signatures",
         grouped(total as f64 / load.secs),
         load.late,
         load.commit_ms.0,

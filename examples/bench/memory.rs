@@ -75,8 +75,17 @@ pub async fn backlog(ctx: &Ctx<'_>, reps: usize, rows: u64, seconds: u64) -> Res
         if pending != rows as i64 {
             bail!("backlog: {pending} pending deliveries, expected {rows}");
         }
+        let size: String = ledger
+            .query_one(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&s],
+            )
+            .await?
+            .get(0);
         println!(
-            "{}: fill: {} rows committed in {committed:.1} s, in the ledger after {:.1} s ({}/s), capture peak RSS {:.1} MB",
+            "{}: fill: {} rows committed in {committed:.1} s, in the ledger after {:.1} s ({}/s), capture peak RSS {:.1} MB; ledger tables {size}",
             p.label(),
             grouped(rows as f64),
             (done - started).as_secs_f64(),

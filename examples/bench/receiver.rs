@@ -23,10 +23,20 @@ pub const SECRET: &str = "bench-secret";
 pub enum Mode {
     /// 204 at once.
     Ok = 0,
-    /// 204 at once, and the arrival time of each `after.id` is recorded.
+    /// 204 at once, and each request's arrival is recorded.
     Latency = 1,
     /// Never answers: the request waits until walhook's timeout drops it.
     Hang = 2,
+}
+
+/// One request's arrival.
+pub struct Arrival {
+    /// The lead number of the body's after image.
+    pub lead: u64,
+    pub event_id: String,
+    pub at: Instant,
+    /// Wall-clock time, in microseconds since the Unix epoch.
+    pub unix_micros: i64,
 }
 
 #[derive(Default)]
@@ -37,8 +47,8 @@ pub struct Receiver {
     bad_signatures: AtomicU64,
     largest_body: AtomicU64,
     reached_at: Mutex<Option<Instant>>,
-    /// (lead number, arrival) in latency mode.
-    pub arrivals: Mutex<Vec<(u64, Instant)>>,
+    /// Every request's arrival, in latency mode.
+    pub arrivals: Mutex<Vec<Arrival>>,
 }
 
 impl Receiver {
@@ -102,9 +112,21 @@ async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -
         std::future::pending::<()>().await;
     }
     if mode == Mode::Latency as u8 {
-        let arrived = Instant::now();
-        if let Some(n) = after_id(&body) {
-            r.arrivals.lock().unwrap().push((n, arrived));
+        let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+        let event_id = headers
+            .get("x-superleap-event-id")
+            .and_then(|v| v.to_str().ok());
+        if let (Some(lead), Some(event_id), Ok(since)) = (
+            after_id(&body),
+            event_id,
+            wall.duration_since(std::time::UNIX_EPOCH),
+        ) {
+            r.arrivals.lock().unwrap().push(Arrival {
+                lead,
+                event_id: event_id.to_string(),
+                at,
+                unix_micros: since.as_micros() as i64,
+            });
         }
     }
     let n = r.count.fetch_add(1, Ordering::SeqCst) + 1;
