@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::figures::{grouped, mb, median, pct, verdict};
 use crate::harness::{Ctx, Instance, Opts, Placement, Target, backends_text, count, recvlogical};
-use crate::workload::{Committed, commit_all, describe, workload};
+use crate::workload::{Committed, Op, commit_all, describe, workload};
 
 /// Nothing listens there: with `--no-dispatch` nothing is sent.
 const NOWHERE: &str = "http://127.0.0.1:9/hook";
@@ -45,79 +45,92 @@ pub async fn run(ctx: &Ctx<'_>, reps: usize, changes: u64, t: u64) -> Result<()>
         "  pg_recvlogical: its own pgoutput slot (proto 1) drained to /dev/null up to the last change (--endpos), spawn to exit"
     );
     println!(
-        "  walhook: `run --no-admin` (--no-dispatch with one endpoint: every delivery is written to the ledger), spawn until its slot is confirmed past the last change (status_interval = 20ms)"
+        "  walhook: `run --no-dispatch --no-admin` (with one endpoint every delivery is written to the ledger), spawn until its slot is confirmed past the last change (status_interval = 20ms)"
     );
     let mut consumers = vec![Consumer::Recvlogical, Consumer::Plain];
     consumers.extend(ctx.placements.iter().map(|p| Consumer::Spill(*p)));
     // secs[i][rep]: consumer i's time in each repetition.
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); consumers.len()];
     for rep in 1..=reps {
-        let name = format!("i{rep}");
-        let separate = ctx.placements.contains(&Placement::Separate);
-        let mut target = ctx.target(&name, separate).await?;
-        let mut insts = Vec::new();
-        for c in &consumers {
-            insts.push(instance(ctx, &target, &name, *c).await?);
-        }
-        let recv_slot = format!("{name}_recv");
-        ctx.baseline_slot(&target, &recv_slot).await?;
-        let committed = commit_all(&mut target.db, &ops).await?;
-        println!(
-            "rep {rep}: the workload committed in {:.2} s",
-            committed.secs
-        );
-        // Rotate the order so no consumer always runs first.
-        let n = consumers.len();
-        for k in 0..n {
-            let i = (k + rep - 1) % n;
-            let s = match (&consumers[i], &insts[i]) {
-                (Consumer::Recvlogical, _) => {
-                    let s = recvlogical(
-                        ctx,
-                        &target,
-                        &recv_slot,
-                        &committed.end,
-                        &committed.before_end,
-                    )
-                    .await?;
-                    println!(
-                        "  {}: {s:.2} s = {}/s",
-                        consumers[i].label(),
-                        grouped(changes as f64 / s)
-                    );
-                    s
-                }
-                (c, Some(inst)) => spill(ctx, *c, inst, &committed, changes).await?,
-                (_, None) => unreachable!("every walhook consumer has a config"),
-            };
+        for (i, s) in one_rep(ctx, rep, &consumers, &ops, changes)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
             secs[i].push(s);
         }
-        ctx.print_statements().await?;
-        ctx.drop_target(target).await?;
     }
+    print_medians(&consumers, &secs, changes);
+    Ok(())
+}
+
+/// One repetition: a fresh database, the workload, then each consumer in
+/// turn (rotated); returns each consumer's time, in `consumers`' order.
+async fn one_rep(
+    ctx: &Ctx<'_>,
+    rep: usize,
+    consumers: &[Consumer],
+    ops: &[Op],
+    changes: u64,
+) -> Result<Vec<f64>> {
+    let name = format!("i{rep}");
+    let separate = ctx.placements.contains(&Placement::Separate);
+    let mut target = ctx.target(&name, separate).await?;
+    let mut insts = Vec::new();
+    for c in consumers {
+        insts.push(instance(ctx, &target, &name, *c).await?);
+    }
+    let recv_slot = format!("{name}_recv");
+    ctx.baseline_slot(&target, &recv_slot).await?;
+    let committed = commit_all(&mut target.db, ops).await?;
+    println!(
+        "rep {rep}: the workload committed in {:.2} s",
+        committed.secs
+    );
+    let n = consumers.len();
+    let mut secs = vec![f64::NAN; n];
+    // Rotate the order so no consumer always runs first.
+    for k in 0..n {
+        let i = (k + rep - 1) % n;
+        secs[i] = match &insts[i] {
+            None => {
+                let (end, before_end) = (&committed.end, &committed.before_end);
+                let s = recvlogical(ctx, &target, &recv_slot, end, before_end).await?;
+                let rate = grouped(changes as f64 / s);
+                println!("  {}: {s:.2} s = {rate}/s", consumers[i].label());
+                s
+            }
+            Some(inst) => spill(ctx, consumers[i], inst, &committed, changes).await?,
+        };
+    }
+    ctx.print_statements().await?;
+    ctx.drop_target(target).await?;
+    Ok(secs)
+}
+
+fn print_medians(consumers: &[Consumer], secs: &[Vec<f64>], changes: u64) {
     let base = &secs[0];
     let mut line = format!(
         "median: pg_recvlogical {}/s",
         grouped(changes as f64 / median(base))
     );
-    for (c, s) in consumers.iter().zip(&secs).skip(1) {
-        let ratios: Vec<f64> = base.iter().zip(s).map(|(b, x)| b / x).collect();
+    for (c, s) in consumers.iter().zip(secs).skip(1) {
+        let ratio = median(&base.iter().zip(s).map(|(b, x)| b / x).collect::<Vec<_>>());
         line.push_str(&format!(
             " | {} {}/s = {}",
             c.label(),
             grouped(changes as f64 / median(s)),
-            pct(median(&ratios), 1.0)
+            pct(ratio, 1.0)
         ));
         if *c == Consumer::Plain {
             line.push_str(&format!(
                 " (issue 2 target >= 50%: {})",
-                verdict(median(&ratios) >= 0.5)
+                verdict(ratio >= 0.5)
             ));
         }
     }
     println!("{line}");
     println!("  (percentages: walhook / pg_recvlogical, medians of per-repetition ratios)");
-    Ok(())
 }
 
 async fn instance(ctx: &Ctx<'_>, t: &Target, name: &str, c: Consumer) -> Result<Option<Instance>> {

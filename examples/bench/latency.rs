@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 
 use crate::figures::{grouped, median, percentile, verdict};
 use crate::harness::{Ctx, Opts, Placement, connect};
-use crate::receiver::{self, Mode, Receiver};
+use crate::receiver::{self, Arrival, Mode, Receiver};
 use crate::workload::INSERT_SQL;
 
 struct Figures {
@@ -37,6 +37,11 @@ pub async fn run(
     connections: usize,
 ) -> Result<()> {
     let total = rate * seconds;
+    let sched = Schedule {
+        rate,
+        total,
+        connections,
+    };
     let (recv, url) = receiver::start().await?;
     println!(
         "latency: {} single-row inserts, each its own commit, at {rate}/s for {seconds} s from {connections} connections sharing the schedule, while `walhook run --no-admin` runs; latency = arrival at the receiver - the commit record's timestamp; {reps} repetitions",
@@ -48,7 +53,7 @@ pub async fn run(
         let n = by_placement.len();
         for i in 0..n {
             let (p, figures) = &mut by_placement[(i + rep - 1) % n];
-            figures.push(one(ctx, rep, *p, rate, total, connections, &recv, &url).await?);
+            figures.push(one(ctx, rep, *p, sched, &recv, &url).await?);
         }
     }
     for (p, figures) in &by_placement {
@@ -65,17 +70,24 @@ pub async fn run(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The application's steady load.
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// Commits per second.
+    rate: u64,
+    total: u64,
+    connections: usize,
+}
+
 async fn one(
     ctx: &Ctx<'_>,
     rep: usize,
     p: Placement,
-    rate: u64,
-    total: u64,
-    connections: usize,
+    sched: Schedule,
     recv: &Receiver,
     url: &str,
 ) -> Result<Figures> {
+    let total = sched.total;
     let name = format!("l{rep}_{}", p.short());
     let t = ctx.target(&name, p == Placement::Separate).await?;
     let opts = Opts {
@@ -86,34 +98,16 @@ async fn one(
     recv.reset(Mode::Latency, total);
     let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
     ctx.wait_ready(&inst, true, &mut proc).await?;
-    let load = steady_load(&t.url, rate, total, connections).await?;
+    let load = steady_load(&t.url, sched).await?;
     recv.wait_target(&mut proc, Duration::from_secs(300))
         .await?;
     inst.wait_recorded(total).await?;
     proc.stop().await?;
     let commit_times = inst.commit_times().await?;
-    let returned: HashMap<u64, Instant> = load.commits.iter().copied().collect();
-    let (mut lat, mut after_return) = (Vec::new(), Vec::new());
-    for a in recv.arrivals.lock().unwrap().iter() {
-        if let Some(c) = commit_times.get(&a.event_id) {
-            lat.push((a.unix_micros - c) as f64 / 1000.0);
-        }
-        if let Some(r) = returned.get(&a.lead) {
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            after_return.push(
-                ms(a.at.saturating_duration_since(*r)) - ms(r.saturating_duration_since(a.at)),
-            );
-        }
-    }
-    if lat.len() as u64 != total || after_return.len() as u64 != total {
-        bail!(
-            "latency: {} of {total} arrivals matched a recorded commit time, {} a commit of the load",
-            lat.len(),
-            after_return.len()
-        );
-    }
-    lat.sort_by(f64::total_cmp);
-    after_return.sort_by(f64::total_cmp);
+    let (lat, after_return) = {
+        let arrivals = recv.arrivals.lock().unwrap();
+        latencies(&arrivals, &commit_times, &load.commits, total)?
+    };
     let early = after_return.iter().filter(|ms| **ms < 0.0).count();
     let f = Figures {
         p50: percentile(&lat, 50.0),
@@ -142,6 +136,39 @@ async fn one(
     Ok(f)
 }
 
+/// Per arrival, sorted: ms after the commit record's time, and ms after
+/// the application's COMMIT returned (negative when it arrived before).
+fn latencies(
+    arrivals: &[Arrival],
+    commit_times: &HashMap<String, i64>,
+    commits: &[(u64, Instant)],
+    total: u64,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let returned: HashMap<u64, Instant> = commits.iter().copied().collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut lat, mut after_return) = (Vec::new(), Vec::new());
+    for a in arrivals {
+        if let Some(c) = commit_times.get(&a.event_id) {
+            lat.push((a.unix_micros - c) as f64 / 1000.0);
+        }
+        if let Some(r) = returned.get(&a.lead) {
+            after_return.push(
+                ms(a.at.saturating_duration_since(*r)) - ms(r.saturating_duration_since(a.at)),
+            );
+        }
+    }
+    if lat.len() as u64 != total || after_return.len() as u64 != total {
+        bail!(
+            "latency: {} of {total} arrivals matched a recorded commit time, {} a commit of the load",
+            lat.len(),
+            after_return.len()
+        );
+    }
+    lat.sort_by(f64::total_cmp);
+    after_return.sort_by(f64::total_cmp);
+    Ok((lat, after_return))
+}
+
 /// What the steady load did.
 struct Load {
     /// (lead number, when its COMMIT returned).
@@ -153,7 +180,12 @@ struct Load {
 }
 
 /// Commits `total` single-row inserts, commit k due at k / rate s.
-async fn steady_load(url: &str, rate: u64, total: u64, connections: usize) -> Result<Load> {
+async fn steady_load(url: &str, sched: Schedule) -> Result<Load> {
+    let Schedule {
+        rate,
+        total,
+        connections,
+    } = sched;
     let next = Arc::new(AtomicU64::new(0));
     let late = Arc::new(AtomicU64::new(0));
     let commits = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));

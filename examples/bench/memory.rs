@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 
 use crate::figures::{grouped, mb, median, verdict};
-use crate::harness::{Ctx, Instance, Opts, Placement, count};
+use crate::harness::{Ctx, Instance, Opts, Placement, Target, count};
 use crate::procfs::{Proc, RssSampler};
 use crate::receiver::{self, Mode, Receiver};
 use crate::workload::insert_rows;
@@ -54,48 +54,12 @@ pub async fn backlog(ctx: &Ctx<'_>, reps: usize, rows: u64, seconds: u64) -> Res
             ..Opts::default()
         };
         let inst = ctx.instance(&t, &name, p, opts).await?;
-        let mut proc = ctx
-            .spawn(&inst, &["--no-dispatch", "--no-admin"], "fill")
-            .await?;
-        let started = Instant::now();
-        let end = insert_rows(&mut t.db, rows, 10_000).await?;
-        let committed = started.elapsed().as_secs_f64();
-        let done = ctx
-            .wait_confirmed(&inst.slot, &end, &mut proc, Duration::from_secs(7200))
-            .await?;
-        let fill_peak = proc.status_bytes("VmHWM").unwrap_or(0);
-        proc.stop().await?;
+        fill(ctx, &mut t, &inst, p, rows).await?;
         let ledger = inst.ledger().await?;
-        let s = &inst.slot;
-        let pending = count(
-            &ledger,
-            &format!("SELECT count(*) FROM {s}.deliveries WHERE status = 'pending'"),
-        )
-        .await?;
-        if pending != rows as i64 {
-            bail!("backlog: {pending} pending deliveries, expected {rows}");
-        }
-        let size: String = ledger
-            .query_one(
-                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind = 'r'",
-                &[&s],
-            )
-            .await?
-            .get(0);
-        println!(
-            "{}: fill: {} rows committed in {committed:.1} s, in the ledger after {:.1} s ({}/s), capture peak RSS {:.1} MB; ledger tables {size}",
-            p.label(),
-            grouped(rows as f64),
-            (done - started).as_secs_f64(),
-            grouped(rows as f64 / (done - started).as_secs_f64()),
-            mb(fill_peak)
-        );
         let mut peaks = Vec::new();
         for rep in 1..=reps {
             if rep > 1 {
-                reset_backlog(&ledger, s).await?;
+                reset_backlog(&ledger, &inst.slot).await?;
             }
             peaks.push(hang(ctx, &inst, &recv, rep, seconds).await?);
         }
@@ -110,6 +74,56 @@ pub async fn backlog(ctx: &Ctx<'_>, reps: usize, rows: u64, seconds: u64) -> Res
         drop(ledger);
         ctx.drop_target(t).await?;
     }
+    Ok(())
+}
+
+/// Inserts `rows` rows while `run --no-dispatch` spills a delivery for
+/// each to the ledger; checks they are all pending there.
+async fn fill(
+    ctx: &Ctx<'_>,
+    t: &mut Target,
+    inst: &Instance,
+    p: Placement,
+    rows: u64,
+) -> Result<()> {
+    let mut proc = ctx
+        .spawn(inst, &["--no-dispatch", "--no-admin"], "fill")
+        .await?;
+    let started = Instant::now();
+    let end = insert_rows(&mut t.db, rows, 10_000).await?;
+    let committed = started.elapsed().as_secs_f64();
+    let done = ctx
+        .wait_confirmed(&inst.slot, &end, &mut proc, Duration::from_secs(7200))
+        .await?;
+    let fill_peak = proc.status_bytes("VmHWM").unwrap_or(0);
+    proc.stop().await?;
+    let ledger = inst.ledger().await?;
+    let s = &inst.slot;
+    let pending = count(
+        &ledger,
+        &format!("SELECT count(*) FROM {s}.deliveries WHERE status = 'pending'"),
+    )
+    .await?;
+    if pending != rows as i64 {
+        bail!("backlog: {pending} pending deliveries, expected {rows}");
+    }
+    let size: String = ledger
+        .query_one(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&s],
+        )
+        .await?
+        .get(0);
+    let secs = (done - started).as_secs_f64();
+    println!(
+        "{}: fill: {} rows committed in {committed:.1} s, in the ledger after {secs:.1} s ({}/s), capture peak RSS {:.1} MB; ledger tables {size}",
+        p.label(),
+        grouped(rows as f64),
+        grouped(rows as f64 / secs),
+        mb(fill_peak)
+    );
     Ok(())
 }
 
@@ -175,57 +189,19 @@ fn big_text_sql(seed: i32) -> String {
 
 pub async fn bigrow(ctx: &Ctx<'_>, reps: usize, value_mb: u64) -> Result<()> {
     let (recv, url) = receiver::start().await?;
-    let size = (value_mb * 1024 * 1024) as i32;
     println!(
         "memory bigrow: one row whose `name` is {value_mb} MiB of text, inserted, then updated to another {value_mb} MiB value; `walhook run --no-admin` delivers each to a receiver answering 204 (timeout 60s); peak RSS (VmHWM reset before each change) / the body's size; {reps} repetitions"
     );
+    // (placement, change) -> peak / body of each repetition.
     let mut ratios: Vec<(Placement, &str, Vec<f64>)> = Vec::new();
     for rep in 1..=reps {
         for &p in &ctx.placements {
-            let name = format!("mr{rep}_{}", p.short());
-            let t = ctx.target(&name, p == Placement::Separate).await?;
-            let opts = Opts {
-                endpoint: Some(&url),
-                timeout: Some("60s"),
-                ..Opts::default()
-            };
-            let inst = ctx.instance(&t, &name, p, opts).await?;
-            let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
-            ctx.wait_ready(&inst, true, &mut proc).await?;
-            let idle = proc.status_bytes("VmRSS").unwrap_or(0);
-            let insert = format!(
-                "INSERT INTO public.leads (id, name, email, stage, score, updated_at)
-                 VALUES ('lead_000000001', {}, 'big@example.com', 'new', 1, clock_timestamp())",
-                big_text_sql(1)
-            );
-            let update = format!(
-                "UPDATE public.leads SET name = {}, score = score + 1 WHERE id = 'lead_000000001'",
-                big_text_sql(2)
-            );
-            let mut parts = Vec::new();
-            for (what, sql) in [("insert", insert), ("update", update)] {
-                let (body, peak) = big_change(&t.db, &sql, size, &recv, &mut proc).await?;
-                let ratio = peak as f64 / body as f64;
-                parts.push(format!(
-                    "{what}: body {:.1} MB, peak RSS {:.1} MB = {ratio:.2}x the body ((peak - idle) / body {:.2}x)",
-                    mb(body),
-                    mb(peak),
-                    (peak.saturating_sub(idle)) as f64 / body as f64
-                ));
+            for (what, ratio) in bigrow_one(ctx, rep, p, value_mb, &recv, &url).await? {
                 match ratios.iter_mut().find(|(q, w, _)| *q == p && *w == what) {
                     Some((_, _, v)) => v.push(ratio),
                     None => ratios.push((p, what, vec![ratio])),
                 }
             }
-            proc.stop().await?;
-            println!(
-                "rep {rep}, {}: idle RSS {:.1} MB | {} | {} bad signatures",
-                p.label(),
-                mb(idle),
-                parts.join(" | "),
-                recv.bad_signatures()
-            );
-            ctx.drop_target(t).await?;
         }
     }
     for (p, what, v) in &ratios {
@@ -237,6 +213,66 @@ pub async fn bigrow(ctx: &Ctx<'_>, reps: usize, value_mb: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One repetition of `bigrow` for one placement: returns peak / body for
+/// the insert and for the update.
+async fn bigrow_one(
+    ctx: &Ctx<'_>,
+    rep: usize,
+    p: Placement,
+    value_mb: u64,
+    recv: &Receiver,
+    url: &str,
+) -> Result<Vec<(&'static str, f64)>> {
+    let size = (value_mb * 1024 * 1024) as i32;
+    let name = format!("mr{rep}_{}", p.short());
+    let t = ctx.target(&name, p == Placement::Separate).await?;
+    let opts = Opts {
+        endpoint: Some(url),
+        timeout: Some("60s"),
+        ..Opts::default()
+    };
+    let inst = ctx.instance(&t, &name, p, opts).await?;
+    let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
+    ctx.wait_ready(&inst, true, &mut proc).await?;
+    let idle = proc.status_bytes("VmRSS").unwrap_or(0);
+    let insert = format!(
+        "INSERT INTO public.leads (id, name, email, stage, score, updated_at)
+         VALUES ('lead_000000001', {}, 'big@example.com', 'new', 1, clock_timestamp())",
+        big_text_sql(1)
+    );
+    let update = format!(
+        "UPDATE public.leads SET name = {}, score = score + 1 WHERE id = 'lead_000000001'",
+        big_text_sql(2)
+    );
+    let (mut parts, mut out) = (Vec::new(), Vec::new());
+    for (what, sql) in [("insert", insert), ("update", update)] {
+        let (body, peak) = big_change(&t.db, &sql, size, recv, &mut proc).await?;
+        let ratio = peak as f64 / body as f64;
+        parts.push(format!(
+            "{what}: body {:.1} MB, peak RSS {:.1} MB = {ratio:.2}x the body ((peak - idle) / body {:.2}x)",
+            mb(body),
+            mb(peak),
+            (peak.saturating_sub(idle)) as f64 / body as f64
+        ));
+        out.push((what, ratio));
+    }
+    proc.stop().await?;
+    let spilled = count(
+        &inst.ledger().await?,
+        &format!("SELECT count(*) FROM {}.deliveries", inst.slot),
+    )
+    .await?;
+    println!(
+        "rep {rep}, {}: idle RSS {:.1} MB | {} | {spilled} of 2 via the retry ledger, {} bad signatures",
+        p.label(),
+        mb(idle),
+        parts.join(" | "),
+        recv.bad_signatures()
+    );
+    ctx.drop_target(t).await?;
+    Ok(out)
 }
 
 /// Runs `sql` (one big change) and waits for its delivery; returns the
@@ -270,52 +306,7 @@ pub async fn bigtx(ctx: &Ctx<'_>, reps: usize, sizes: &[u64]) -> Result<()> {
         for &p in &ctx.placements {
             let mut peaks = Vec::new();
             for rep in 1..=reps {
-                let name = format!("mt{rep}_{}", p.short());
-                let mut t = ctx.target(&name, p == Placement::Separate).await?;
-                insert_rows(&mut t.db, rows, 50_000).await?;
-                let opts = Opts {
-                    endpoint: Some(&url),
-                    ..Opts::default()
-                };
-                let inst = ctx.instance(&t, &name, p, opts).await?;
-                recv.reset(Mode::Ok, rows);
-                let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
-                ctx.wait_ready(&inst, true, &mut proc).await?;
-                let idle = proc.status_bytes("VmRSS").unwrap_or(0);
-                let reset = proc.reset_peak();
-                let sampler = RssSampler::start(proc.pid);
-                let started = Instant::now();
-                let n = t
-                    .db
-                    .execute(
-                        "UPDATE public.leads SET score = score + 1, stage = 'updated', updated_at = clock_timestamp()",
-                        &[],
-                    )
-                    .await?;
-                let committed = Instant::now();
-                let done = recv
-                    .wait_target(&mut proc, Duration::from_secs(3600))
-                    .await?;
-                let samples = sampler.finish().await;
-                let peak = peak(&proc, reset, samples.max());
-                let cpu = proc.cpu_seconds();
-                proc.stop().await?;
-                if n != rows {
-                    bail!("bigtx: updated {n} rows, expected {rows}");
-                }
-                println!(
-                    "rows {}, rep {rep}, {}: idle RSS {:.1} MB, peak {:.1} MB | UPDATE took {:.1} s, delivered {:.1} s after commit ({}/s), cpu {cpu:.1} s, {} bad signatures",
-                    grouped(rows as f64),
-                    p.label(),
-                    mb(idle),
-                    mb(peak),
-                    (committed - started).as_secs_f64(),
-                    (done - committed).as_secs_f64(),
-                    grouped(rows as f64 / (done - started).as_secs_f64()),
-                    recv.bad_signatures(),
-                );
-                peaks.push(mb(peak));
-                ctx.drop_target(t).await?;
+                peaks.push(bigtx_one(ctx, rep, p, rows, &recv, &url).await?);
             }
             summary.push((rows, p, median(&peaks)));
         }
@@ -344,4 +335,61 @@ pub async fn bigtx(ctx: &Ctx<'_>, reps: usize, sizes: &[u64]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One repetition of `bigtx`: returns the peak RSS in MB.
+async fn bigtx_one(
+    ctx: &Ctx<'_>,
+    rep: usize,
+    p: Placement,
+    rows: u64,
+    recv: &Receiver,
+    url: &str,
+) -> Result<f64> {
+    let name = format!("mt{rep}_{}", p.short());
+    let mut t = ctx.target(&name, p == Placement::Separate).await?;
+    insert_rows(&mut t.db, rows, 50_000).await?;
+    let opts = Opts {
+        endpoint: Some(url),
+        ..Opts::default()
+    };
+    let inst = ctx.instance(&t, &name, p, opts).await?;
+    recv.reset(Mode::Ok, rows);
+    let mut proc = ctx.spawn(&inst, &["--no-admin"], "run").await?;
+    ctx.wait_ready(&inst, true, &mut proc).await?;
+    let idle = proc.status_bytes("VmRSS").unwrap_or(0);
+    let reset = proc.reset_peak();
+    let sampler = RssSampler::start(proc.pid);
+    let started = Instant::now();
+    let n = t
+        .db
+        .execute(
+            "UPDATE public.leads SET score = score + 1, stage = 'updated', updated_at = clock_timestamp()",
+            &[],
+        )
+        .await?;
+    let committed = Instant::now();
+    let done = recv
+        .wait_target(&mut proc, Duration::from_secs(3600))
+        .await?;
+    let samples = sampler.finish().await;
+    let peak = peak(&proc, reset, samples.max());
+    let cpu = proc.cpu_seconds();
+    proc.stop().await?;
+    if n != rows {
+        bail!("bigtx: updated {n} rows, expected {rows}");
+    }
+    println!(
+        "rows {}, rep {rep}, {}: idle RSS {:.1} MB, peak {:.1} MB | UPDATE took {:.1} s, delivered {:.1} s after commit ({}/s), cpu {cpu:.1} s, {} bad signatures",
+        grouped(rows as f64),
+        p.label(),
+        mb(idle),
+        mb(peak),
+        (committed - started).as_secs_f64(),
+        (done - committed).as_secs_f64(),
+        grouped(rows as f64 / (done - started).as_secs_f64()),
+        recv.bad_signatures(),
+    );
+    ctx.drop_target(t).await?;
+    Ok(mb(peak))
 }
