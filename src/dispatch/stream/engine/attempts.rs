@@ -23,8 +23,11 @@ impl Engine {
         if !self.deps.fast || self.eps[ep].parked.is_some() {
             return self.spill_one(id, SpillState::Pending);
         }
-        let full =
-            self.window_len > self.deps.cfg.delivery.window || self.window_bytes > WINDOW_BYTES;
+        // A body larger than the whole byte window still goes from memory
+        // when it is alone in it: spilling it would copy it into the ledger
+        // and read it back, several times its size in memory.
+        let full = self.window_len > self.deps.cfg.delivery.window
+            || (self.window_bytes > WINDOW_BYTES && self.window_bytes > d.ev.body.len());
         if !self.per_record {
             return if full {
                 self.spill_one(id, SpillState::Pending)
