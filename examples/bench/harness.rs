@@ -202,11 +202,33 @@ impl<'a> Ctx<'a> {
     }
 
     /// Drops the database and its replication slots (slots retain WAL and
-    /// block DROP DATABASE).
+    /// block DROP DATABASE). A walsender of a just-stopped walhook may
+    /// still hold its slot for a moment: try again until it is gone (10 s).
     async fn drop_db(&self, name: &str) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.try_drop_db(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("[bench] dropping {name}: {e}; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_drop_db(&self, name: &str) -> Result<()> {
         self.admin
             .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL",
+                &[&name],
+            )
+            .await?;
+        self.admin
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
                 &[&name],
             )
             .await?;
