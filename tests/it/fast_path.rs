@@ -407,3 +407,57 @@ async fn history_shows_first_attempts_and_ledger_retries_alike() {
     assert!(!ok && err.contains("already succeeded"), "{err}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_the_byte_window_goes_from_memory() {
+    // Through the ledger, a big body is copied into the INSERT, stored and
+    // read back: several times its size in walhook's memory (issue 8).
+    let ok = Receiver::start(Behaviour::AlwaysOk).await;
+    let db = fresh_db("fast_bigrow").await;
+    db.psql(LEADS).await;
+    let text = app::config_text(
+        &db,
+        LEADS_OBJECTS,
+        // A debug build signs 24 MiB slowly: keep spill_after out of it.
+        &format!(
+            "{}\n[delivery]\nspill_after = \"25s\"\n",
+            endpoint("crm", ok.url(), "timeout = \"30s\"").replace("timeout = \"2s\"\n", "")
+        ),
+    );
+    let cfg = app::parse(&text);
+    app::setup(&cfg).await;
+    let run = InProcess::start(
+        cfg,
+        walhook::Roles {
+            capture: true,
+            dispatch: true,
+            admin: false,
+        },
+    );
+    let client = db.connect().await;
+    // 12 MiB of text: `after` and `diff` make a 24 MiB body, over the 16 MiB window.
+    client
+        .batch_execute(
+            "INSERT INTO leads (id, name, score) VALUES ('big', repeat('x', 12 * 1024 * 1024), 0)",
+        )
+        .await
+        .unwrap();
+    let got = ok.wait_for_requests(1, Duration::from_secs(60)).await;
+    assert!(
+        got[0].body.len() > walhook::dispatch::stream::WINDOW_BYTES,
+        "body of {} bytes",
+        got[0].body.len()
+    );
+    let end = current_lsn(&client).await;
+    app::wait_slot_confirmed(&client, &db.name, &end, Duration::from_secs(30)).await;
+    let ledgered: i64 = client
+        .query_one("SELECT count(*) FROM walhook.deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        ledgered, 0,
+        "the big delivery went through the retry ledger"
+    );
+    run.stop().await;
+}
