@@ -213,6 +213,7 @@ impl Runner {
              SET extra_float_digits = 1; SET bytea_output = hex",
         )
         .await?;
+        ledger.start_backfill(&ledger_db, job.id).await?;
         tracing::info!(backfill = job.id, object = %job.slug, "backfill running");
         match self.chunks(&db, &ledger, &ledger_db, &job).await {
             Ok(()) => Ok(true),
@@ -236,6 +237,7 @@ impl Runner {
     ) -> Result<(), BackfillError> {
         let table = Table::load(db, &self.cfg, &self.objects, job).await?;
         let mut last = job.last_key.clone();
+        let mut pace = Pace::new(job.rate);
         for n in 0.. {
             if !ledger.backfill_active(ledger_db, job.id).await? {
                 tracing::info!(backfill = job.id, "backfill cancelled");
@@ -263,7 +265,7 @@ impl Runner {
                 },
             )
             .await?;
-            let rows = table.read(db, last.as_deref()).await?;
+            let rows = table.read(db, last.as_deref(), pace.chunk_rows()).await?;
             let Some(next_last) = rows.last().map(|r| r.key.clone()) else {
                 ledger
                     .finish_backfill(ledger_db, job.id, "done", None)
@@ -302,9 +304,7 @@ impl Runner {
                 continue; // cancelled: the next turn says so
             }
             last = Some(next_last);
-            if let Some(rate) = job.rate.filter(|r| *r > 0.0) {
-                tokio::time::sleep(Duration::from_secs_f64(count as f64 / rate)).await;
-            }
+            pace.sent(count).await;
         }
         Ok(())
     }
@@ -322,6 +322,42 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+}
+
+/// `--rate`: rows per second at most, as a token bucket without a burst:
+/// chunks hold about a second's rows, and the next one starts once the rows
+/// sent so far are due at the rate.
+struct Pace {
+    rate: Option<f64>,
+    since: tokio::time::Instant,
+    rows: f64,
+}
+
+impl Pace {
+    fn new(rate: Option<f64>) -> Pace {
+        Pace {
+            rate: rate.filter(|r| r.is_finite() && *r > 0.0),
+            since: tokio::time::Instant::now(),
+            rows: 0.0,
+        }
+    }
+
+    /// Rows in the next chunk.
+    fn chunk_rows(&self) -> i64 {
+        match self.rate {
+            // Saturating float-to-int: a huge rate is simply CHUNK_ROWS.
+            Some(r) => (r.ceil() as i64).clamp(1, CHUNK_ROWS),
+            None => CHUNK_ROWS,
+        }
+    }
+
+    /// `n` more rows were sent: waits until they are due.
+    async fn sent(&mut self, n: i64) {
+        let Some(rate) = self.rate else { return };
+        self.rows += n as f64;
+        let due = self.since + Duration::from_secs_f64(self.rows / rate);
+        tokio::time::sleep_until(due).await;
     }
 }
 
@@ -439,8 +475,14 @@ impl Table {
         Ok(())
     }
 
-    /// The next chunk: rows with a key after `last`, in key order.
-    async fn read(&self, db: &Client, last: Option<&[String]>) -> Result<Vec<Row>, BackfillError> {
+    /// The next chunk: at most `limit` rows with a key after `last`, in key
+    /// order.
+    async fn read(
+        &self,
+        db: &Client,
+        last: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<Row>, BackfillError> {
         let mut conditions = Vec::new();
         if last.is_some() {
             let cols: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
@@ -457,7 +499,7 @@ impl Table {
         }
         let order: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
         let sql = format!(
-            "{}{} ORDER BY {} LIMIT {CHUNK_ROWS}",
+            "{}{} ORDER BY {} LIMIT {limit}",
             self.select,
             if conditions.is_empty() {
                 String::new()
@@ -471,7 +513,11 @@ impl Table {
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
+        // Read only: `--where` is the operator's SQL, and reading is all
+        // it may do. (On an error the job's connection is dropped.)
+        db.batch_execute("BEGIN READ ONLY").await?;
         let rows = db.query(&sql, &params).await?;
+        db.batch_execute("COMMIT").await?;
         rows.iter().map(|r| self.row(r)).collect()
     }
 
@@ -580,4 +626,26 @@ pub fn rename(mut e: Event, as_create: bool) -> Event {
         e.name = format!("{}.backfill", e.slug);
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_sizes_chunks_and_spaces_them() {
+        assert_eq!(Pace::new(None).chunk_rows(), CHUNK_ROWS);
+        assert_eq!(Pace::new(Some(0.0)).chunk_rows(), CHUNK_ROWS);
+        assert_eq!(Pace::new(Some(0.5)).chunk_rows(), 1);
+        assert_eq!(Pace::new(Some(20.0)).chunk_rows(), 20);
+        assert_eq!(Pace::new(Some(1e9)).chunk_rows(), CHUNK_ROWS);
+        let mut pace = Pace::new(Some(1000.0));
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pace.sent(100).await;
+        }
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
 }
