@@ -56,10 +56,10 @@ async fn tables(url: &str) -> Result<Vec<Candidate>> {
                 pg::describe_target(&Secret::new(url))
             )
         })?;
-    Ok(init::candidates(&db, "walhook")
+    init::candidates(&db, "walhook")
         .await
         .map_err(pg::DbError)
-        .context("cannot list the database's tables")?)
+        .context("cannot list the database's tables")
 }
 
 fn has_password(url: &str) -> bool {
