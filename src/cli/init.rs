@@ -50,12 +50,9 @@ pub async fn run(path: &Path, database_url: Option<String>, force: bool) -> Resu
 async fn tables(url: &str) -> Result<Vec<Candidate>> {
     let db = pg::connect(&Secret::new(url), "walhook init", pg::DEFAULT_LOGIN_TIMEOUT)
         .await
-        .with_context(|| {
-            format!(
-                "cannot read the tables of {} (give a reachable database with --database-url or DATABASE_URL, or neither to write a config without tables)",
-                pg::describe_target(&Secret::new(url))
-            )
-        })?;
+        .context(
+            "cannot list the tables for the config (give a reachable database with --database-url or DATABASE_URL, or neither to write a config without tables)",
+        )?;
     init::candidates(&db, "walhook")
         .await
         .map_err(pg::DbError)

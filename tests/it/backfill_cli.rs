@@ -127,6 +127,24 @@ async fn init_writes_a_config_of_the_databases_tables_that_loads() {
     let cfg = load_with(&text, &db.url, &printed_secret(&out));
     assert_eq!(cfg.source.url.expose(), db.url);
 
+    // A password given on the command line stays out of the file.
+    let with_password = db.url.replacen("postgres@", "postgres:pw-4c1e9a@", 1);
+    let (ok, out, err) = cli(
+        &path,
+        &["init", "--force", "--database-url", &with_password],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("pw-4c1e9a") && !out.contains("pw-4c1e9a"),
+        "{out}\n{text}"
+    );
+    assert!(
+        text.contains("url_env = \"DATABASE_URL\"") && out.contains("password"),
+        "{out}"
+    );
+
     // Without a database: no tables, said so, and the file still loads.
     let (ok, out, err) = cli(&path, &["init", "--force"]).await;
     assert!(ok, "{out}{err}");
