@@ -68,11 +68,18 @@ async fn init_writes_a_config_of_the_databases_tables_that_loads() {
     let path = dir.path().join("walhook.toml");
 
     // Without a config, a command says so once and points to init.
-    let (ok, _, err) = cli(&path, &["status"]).await;
-    assert!(!ok);
-    assert!(err.contains("walhook init"), "{err}");
-    assert_eq!(err.matches("walhook.toml").count(), 1, "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    for command in [
+        &["status"][..],
+        &["check", "--json"],
+        &["run"],
+        &["backfill", "list"],
+    ] {
+        let (ok, _, err) = cli(&path, command).await;
+        assert!(!ok, "{command:?}");
+        assert!(err.contains("walhook init"), "{command:?}: {err}");
+        assert_eq!(err.matches("walhook.toml").count(), 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 
     let (ok, out, err) = cli(&path, &["init", "--database-url", &db.url]).await;
     assert!(ok, "{out}{err}");
