@@ -129,8 +129,14 @@ CREATE TABLE IF NOT EXISTS "walhook".backfills (
     rows_sent    bigint NOT NULL DEFAULT 0,
     error        text,
     requested_at timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz,
+    finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+
+ALTER TABLE "walhook".backfills
+    ADD COLUMN IF NOT EXISTS started_at timestamptz,
+    ADD COLUMN IF NOT EXISTS finished_at timestamptz;
 
 CREATE TABLE IF NOT EXISTS "walhook".notices (
     kind       text NOT NULL,

@@ -4,6 +4,8 @@
 //! - [`reports`]: the serialisable results and thin calls into the ledger's
 //!   history and queue, shared by the CLI and the HTTP API (one source of
 //!   truth for both).
+//! - [`backfill`]: asking for a backfill (checked, then queued), listing
+//!   and cancelling them.
 //! - [`ping`]: `walhook endpoints ping`, a signed ping straight to an endpoint.
 //! - [`check`]: the `walhook check` doctor.
 //! - [`prune`]: `walhook prune`, retention by hand.
@@ -18,6 +20,7 @@
 //! database as `user@host:port/db`, and secrets and the admin token never.
 
 pub mod api;
+pub mod backfill;
 pub mod check;
 pub mod dbs;
 pub mod human;

@@ -10,6 +10,7 @@ use super::check::{CheckReport, CheckState};
 use super::human::{human_bytes, human_lag};
 use super::prune::PruneReport;
 use super::reports::{DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status};
+use crate::ledger::backfills::Backfill;
 
 /// Control characters escaped (`\n`, `\u{1b}`), everything else as is.
 pub fn clean(s: &str) -> String {
@@ -123,7 +124,48 @@ pub fn status(s: &Status) -> String {
     );
     out.push('\n');
     out.push_str(&endpoints(&s.endpoints));
+    if !s.backfills.is_empty() {
+        out.push('\n');
+        out.push_str(&backfills(&s.backfills));
+    }
     out
+}
+
+/// `walhook backfill list` and the backfills of `walhook status`.
+pub fn backfills(list: &[Backfill]) -> String {
+    if list.is_empty() {
+        return "no backfills (`walhook backfill SLUG` asks for one)\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|b| {
+            let mut state = b.state.clone();
+            if let Some(e) = &b.error {
+                state = format!("{state}: {}", truncate(e, 60));
+            }
+            vec![
+                b.id.to_string(),
+                b.event_name(),
+                or_dash(b.endpoint.as_deref()),
+                b.rows_sent.to_string(),
+                or_dash(b.started_at.as_deref()),
+                or_dash(b.finished_at.as_deref()),
+                state,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "BACKFILL",
+            "EVENTS",
+            "ENDPOINT",
+            "ROWS SENT",
+            "STARTED",
+            "FINISHED",
+            "STATE",
+        ],
+        &rows,
+    )
 }
 
 /// The ledger: where it is, its size, and row estimates of the big tables.

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, EndpointConfig, SigningScheme};
 use crate::dispatch::http;
+use crate::ledger::backfills::Backfill;
 use crate::ledger::history::{EndpointRow, UnknownState};
 use crate::ledger::notices::NoticeView;
 use crate::ledger::prune::LedgerSize;
@@ -35,6 +36,8 @@ pub use crate::ledger::history::{
 /// Deliveries listed when no limit is given, and the most one call returns.
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
+/// Backfills `status` shows (the most recent).
+const STATUS_BACKFILLS: i64 = 5;
 
 /// Errors of admin queries and actions. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,8 @@ pub struct Status {
     /// What capture reported: a blocked capture (error), schema drift it
     /// follows (warnings).
     pub notices: Vec<NoticeView>,
+    /// The most recent backfills (newest first), with their progress.
+    pub backfills: Vec<Backfill>,
 }
 
 /// `deliveries show`: a delivery id gives one delivery; an event id gives
@@ -397,6 +402,7 @@ impl<'a> Reports<'a> {
             endpoints,
             truncates: self.ledger.truncates(client).await?,
             notices: self.ledger.notices(client).await?,
+            backfills: self.ledger.backfills(client, STATUS_BACKFILLS).await?,
         })
     }
 

@@ -2,15 +2,17 @@
 //! turns library results into output and library errors into one actionable
 //! paragraph. The only room with `anyhow`.
 
+mod backfill;
 mod deliveries;
 mod endpoints;
+mod init;
 mod lifecycle;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use walhook::admin::reports;
@@ -19,6 +21,9 @@ use walhook::config::{Config, Secret};
 pub use deliveries::DeliveriesCommand;
 pub use endpoints::EndpointsCommand;
 pub use output::report;
+
+/// The config file when neither --config nor WALHOOK_CONFIG names one.
+pub const DEFAULT_CONFIG: &str = "walhook.toml";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,7 +37,7 @@ pub struct Cli {
         long,
         global = true,
         env = "WALHOOK_CONFIG",
-        default_value = "walhook.toml"
+        default_value = DEFAULT_CONFIG
     )]
     pub config: PathBuf,
     /// Log format on stderr.
@@ -73,6 +78,17 @@ pub enum Command {
         /// Status to answer with (e.g. 500 to make walhook retry).
         #[arg(long, default_value_t = 200)]
         status: u16,
+    },
+    /// Write a starter config: the database's tables as [[objects]], one
+    /// endpoint with a fresh secret read from the environment.
+    Init {
+        /// The database whose tables to list (default: DATABASE_URL; neither
+        /// writes a config without tables).
+        #[arg(long, value_name = "URL", value_parser = parse_secret, hide_env_values = true)]
+        database_url: Option<Secret>,
+        /// Replace an existing config file.
+        #[arg(long)]
+        force: bool,
     },
     /// Create the ledger schema, publication, slot and replica identity (idempotent).
     Setup {
@@ -129,6 +145,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send the rows a table already holds as events (`SLUG.backfill`), run by
+    /// `walhook run`; `backfill list` shows progress, `backfill cancel ID` stops one.
+    Backfill(backfill::BackfillArgs),
     /// Drop the slot and publication (Postgres stops retaining WAL for walhook).
     Teardown {
         /// Also drop the ledger schema with every event and delivery.
@@ -146,7 +165,21 @@ fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {
+    require_config(path)?;
     Ok(Config::load(path)?)
+}
+
+/// A missing config file is said once, with the command that writes one.
+fn require_config(path: &std::path::Path) -> Result<()> {
+    if let Err(e) = std::fs::metadata(path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        bail!(
+            "there is no config file {}: `walhook init` writes a starter one (or give the path of yours with --config)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs one parsed command.
@@ -183,7 +216,15 @@ pub async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             };
             lifecycle::run(load_config(&path)?, roles).await
         }
-        Command::Check { json } => lifecycle::check(&path, json).await,
+        Command::Check { json } => {
+            require_config(&path)?;
+            lifecycle::check(&path, json).await
+        }
+        Command::Init {
+            database_url,
+            force,
+        } => init::run(&path, database_url.map(|u| u.expose().to_string()), force).await,
+        Command::Backfill(args) => backfill::run(&load_config(&path)?, args).await,
         Command::Status { json } => {
             let cfg = load_config(&path)?;
             let dbs = walhook::admin::dbs::Dbs::connect(&cfg, "walhook admin").await?;

@@ -37,13 +37,36 @@ pub struct Backfill {
     pub rows_sent: i64,
     pub error: Option<String>,
     pub requested_at: String,
+    /// When a process began running it.
+    pub started_at: Option<String>,
+    /// When it ended (done, cancelled or failed).
+    pub finished_at: Option<String>,
     pub updated_at: String,
+}
+
+impl Backfill {
+    /// Whether it is still to run or running.
+    pub fn active(&self) -> bool {
+        self.state == "queued" || self.state == "running"
+    }
+
+    /// The name of the events it sends.
+    pub fn event_name(&self) -> String {
+        event_name(&self.slug, self.as_create)
+    }
+}
+
+/// `{slug}.backfill`, or `{slug}.create` with `--as create`.
+pub fn event_name(slug: &str, as_create: bool) -> String {
+    format!("{slug}.{}", if as_create { "create" } else { "backfill" })
 }
 
 const COLUMNS: &str =
     "id, slug, endpoint_id, where_sql, as_create, rate, state, last_key, rows_sent,
      error, to_char(requested_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+     to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
 fn backfill(r: &Row) -> Backfill {
     Backfill {
@@ -59,6 +82,8 @@ fn backfill(r: &Row) -> Backfill {
         error: r.get(9),
         requested_at: r.get(10),
         updated_at: r.get(11),
+        started_at: r.get(12),
+        finished_at: r.get(13),
     }
 }
 
@@ -103,6 +128,39 @@ impl Ledger {
             )
             .await?;
         Ok(rows.iter().map(backfill).collect())
+    }
+
+    /// Backfill `id`, if there is one.
+    pub async fn backfill(
+        &self,
+        client: &Client,
+        id: i64,
+    ) -> Result<Option<Backfill>, LedgerError> {
+        let s = self.q();
+        let row = client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM {s}.backfills WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(backfill))
+    }
+
+    /// A process begins (or resumes) running backfill `id`.
+    pub async fn start_backfill(&self, client: &Client, id: i64) -> Result<(), LedgerError> {
+        let s = self.q();
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.backfills
+                        SET state = 'running', started_at = coalesce(started_at, now()),
+                            updated_at = now()
+                      WHERE id = $1 AND state IN ('queued', 'running')"
+                ),
+                &[&id],
+            )
+            .await?;
+        Ok(())
     }
 
     /// The oldest backfill to run (one that was running first: it resumes).
@@ -156,8 +214,9 @@ impl Ledger {
         client
             .execute(
                 &format!(
-                    "UPDATE {s}.backfills SET state = $2, error = $3, updated_at = now()
-                     WHERE id = $1 AND state IN ('queued', 'running')"
+                    "UPDATE {s}.backfills
+                        SET state = $2, error = $3, finished_at = now(), updated_at = now()
+                      WHERE id = $1 AND state IN ('queued', 'running')"
                 ),
                 &[&id, &state, &error],
             )
@@ -171,8 +230,9 @@ impl Ledger {
         let n = client
             .execute(
                 &format!(
-                    "UPDATE {s}.backfills SET state = 'cancelled', updated_at = now()
-                     WHERE id = $1 AND state IN ('queued', 'running')"
+                    "UPDATE {s}.backfills
+                        SET state = 'cancelled', finished_at = now(), updated_at = now()
+                      WHERE id = $1 AND state IN ('queued', 'running')"
                 ),
                 &[&id],
             )

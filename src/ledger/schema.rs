@@ -172,8 +172,14 @@ const DDL: &[&str] = &[
     rows_sent    bigint NOT NULL DEFAULT 0,
     error        text,
     requested_at timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz,
+    finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 )"#,
+    // Ledgers made before backfills showed when they started and ended.
+    r#"ALTER TABLE {schema}.backfills
+    ADD COLUMN IF NOT EXISTS started_at timestamptz,
+    ADD COLUMN IF NOT EXISTS finished_at timestamptz"#,
     // What capture tells operators beyond its log (a blocked capture,
     // schema drift it follows), for `walhook status` in other processes.
     r#"CREATE TABLE IF NOT EXISTS {schema}.notices (

@@ -28,7 +28,11 @@ use crate::ledger::Ledger;
 use crate::ledger::backfills::Backfill;
 use crate::metrics::Metrics;
 use crate::pg::{self, Lsn, quote_ident};
-use crate::pgoutput::{Column, Datum, Relation, RowChange};
+use crate::pgoutput::{Datum, RowChange};
+
+mod catalog;
+
+use catalog::{catalog_relation, relation_type_names};
 
 /// The logical message prefix of watermarks.
 pub const WATERMARK_PREFIX: &str = "walhook-backfill";
@@ -213,6 +217,7 @@ impl Runner {
              SET extra_float_digits = 1; SET bytea_output = hex",
         )
         .await?;
+        ledger.start_backfill(&ledger_db, job.id).await?;
         tracing::info!(backfill = job.id, object = %job.slug, "backfill running");
         match self.chunks(&db, &ledger, &ledger_db, &job).await {
             Ok(()) => Ok(true),
@@ -236,6 +241,7 @@ impl Runner {
     ) -> Result<(), BackfillError> {
         let table = Table::load(db, &self.cfg, &self.objects, job).await?;
         let mut last = job.last_key.clone();
+        let mut pace = Pace::new(job.rate);
         for n in 0.. {
             if !ledger.backfill_active(ledger_db, job.id).await? {
                 tracing::info!(backfill = job.id, "backfill cancelled");
@@ -263,7 +269,7 @@ impl Runner {
                 },
             )
             .await?;
-            let rows = table.read(db, last.as_deref()).await?;
+            let rows = table.read(db, last.as_deref(), pace.chunk_rows()).await?;
             let Some(next_last) = rows.last().map(|r| r.key.clone()) else {
                 ledger
                     .finish_backfill(ledger_db, job.id, "done", None)
@@ -302,9 +308,7 @@ impl Runner {
                 continue; // cancelled: the next turn says so
             }
             last = Some(next_last);
-            if let Some(rate) = job.rate.filter(|r| *r > 0.0) {
-                tokio::time::sleep(Duration::from_secs_f64(count as f64 / rate)).await;
-            }
+            pace.sent(count).await;
         }
         Ok(())
     }
@@ -322,6 +326,42 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+}
+
+/// `--rate`: rows per second at most, as a token bucket without a burst:
+/// chunks hold about a second's rows, and the next one starts once the rows
+/// sent so far are due at the rate.
+struct Pace {
+    rate: Option<f64>,
+    since: tokio::time::Instant,
+    rows: f64,
+}
+
+impl Pace {
+    fn new(rate: Option<f64>) -> Pace {
+        Pace {
+            rate: rate.filter(|r| r.is_finite() && *r > 0.0),
+            since: tokio::time::Instant::now(),
+            rows: 0.0,
+        }
+    }
+
+    /// Rows in the next chunk.
+    fn chunk_rows(&self) -> i64 {
+        match self.rate {
+            // Saturating float-to-int: a huge rate is simply CHUNK_ROWS.
+            Some(r) => (r.ceil() as i64).clamp(1, CHUNK_ROWS),
+            None => CHUNK_ROWS,
+        }
+    }
+
+    /// `n` more rows were sent: waits until they are due.
+    async fn sent(&mut self, n: i64) {
+        let Some(rate) = self.rate else { return };
+        self.rows += n as f64;
+        let due = self.since + Duration::from_secs_f64(self.rows / rate);
+        tokio::time::sleep_until(due).await;
     }
 }
 
@@ -439,8 +479,14 @@ impl Table {
         Ok(())
     }
 
-    /// The next chunk: rows with a key after `last`, in key order.
-    async fn read(&self, db: &Client, last: Option<&[String]>) -> Result<Vec<Row>, BackfillError> {
+    /// The next chunk: at most `limit` rows with a key after `last`, in key
+    /// order.
+    async fn read(
+        &self,
+        db: &Client,
+        last: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<Row>, BackfillError> {
         let mut conditions = Vec::new();
         if last.is_some() {
             let cols: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
@@ -457,7 +503,7 @@ impl Table {
         }
         let order: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
         let sql = format!(
-            "{}{} ORDER BY {} LIMIT {CHUNK_ROWS}",
+            "{}{} ORDER BY {} LIMIT {limit}",
             self.select,
             if conditions.is_empty() {
                 String::new()
@@ -471,7 +517,11 @@ impl Table {
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
+        // Read only: `--where` is the operator's SQL, and reading is all
+        // it may do. (On an error the job's connection is dropped.)
+        db.batch_execute("BEGIN READ ONLY").await?;
         let rows = db.query(&sql, &params).await?;
+        db.batch_execute("COMMIT").await?;
         rows.iter().map(|r| self.row(r)).collect()
     }
 
@@ -503,76 +553,6 @@ impl Table {
     }
 }
 
-/// The relation as a Relation message would describe it now, and the types
-/// a Type message would name (user-defined ones).
-async fn catalog_relation(
-    db: &Client,
-    relid: u32,
-) -> Result<(Relation, Vec<crate::pgoutput::TypeInfo>), BackfillError> {
-    let t = db
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            &[&relid],
-        )
-        .await?
-        .ok_or_else(|| BackfillError::Invalid(format!("relation {relid} is gone")))?;
-    let rows = db
-        .query(
-            "SELECT a.attname::text, a.atttypid, tn.nspname::text, ty.typname::text
-             FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
-             JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-             ORDER BY a.attnum",
-            &[&relid],
-        )
-        .await?;
-    let columns = rows
-        .iter()
-        .map(|r| Column {
-            flags: 1,
-            name: r.get(0),
-            type_oid: r.get(1),
-            type_modifier: -1,
-        })
-        .collect();
-    let types = rows
-        .iter()
-        .filter(|r| r.get::<_, u32>(1) >= 16384)
-        .map(|r| crate::pgoutput::TypeInfo {
-            id: r.get(1),
-            namespace: r.get(2),
-            name: r.get(3),
-        })
-        .collect();
-    Ok((
-        Relation {
-            id: relid,
-            namespace: t.get(0),
-            name: t.get(1),
-            replica_identity: b'f',
-            columns,
-        },
-        types,
-    ))
-}
-
-/// Each column's type as SQL (`format_type`), for casting key values.
-async fn relation_type_names(
-    db: &Client,
-    relation: &Relation,
-) -> Result<Vec<String>, BackfillError> {
-    let rows = db
-        .query(
-            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-             ORDER BY a.attnum",
-            &[&relation.id],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// A backfill row's event name: `{slug}.backfill`, or `{slug}.create` with
 /// `--as create`.
 pub fn rename(mut e: Event, as_create: bool) -> Event {
@@ -580,4 +560,26 @@ pub fn rename(mut e: Event, as_create: bool) -> Event {
         e.name = format!("{}.backfill", e.slug);
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_sizes_chunks_and_spaces_them() {
+        assert_eq!(Pace::new(None).chunk_rows(), CHUNK_ROWS);
+        assert_eq!(Pace::new(Some(0.0)).chunk_rows(), CHUNK_ROWS);
+        assert_eq!(Pace::new(Some(0.5)).chunk_rows(), 1);
+        assert_eq!(Pace::new(Some(20.0)).chunk_rows(), 20);
+        assert_eq!(Pace::new(Some(1e9)).chunk_rows(), CHUNK_ROWS);
+        let mut pace = Pace::new(Some(1000.0));
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pace.sent(100).await;
+        }
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
 }

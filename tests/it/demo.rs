@@ -144,6 +144,20 @@ fn demo_runs_to_completion_shows_every_object_a_recovered_retry_and_cleans_up() 
             }
         }
     }
+    // The custom event reached crm; the backfill's two leads reached both.
+    assert!(
+        deliveries
+            .iter()
+            .any(|l| l.contains(" crm ") && l.contains("invoice.paid") && l.contains("200 ok")),
+        "no crm delivery of invoice.paid:\n{out}"
+    );
+    for ep in [" crm ", " analytics "] {
+        let backfilled = deliveries
+            .iter()
+            .filter(|l| l.contains(ep) && l.contains("lead.backfill") && l.contains("200 ok"))
+            .count();
+        assert_eq!(backfilled, 2, "{ep}lead.backfill:\n{out}");
+    }
     // analytics failed twice, and each failed event was delivered by a retry.
     let failed: Vec<&str> = deliveries
         .iter()
@@ -164,15 +178,17 @@ fn demo_runs_to_completion_shows_every_object_a_recovered_retry_and_cleans_up() 
     assert!(!out.contains("sig ✗"), "{out}");
     assert_eq!(
         deliveries.iter().filter(|l| l.contains("sig ✓")).count(),
-        20,
+        25,
         "{out}"
     );
-    assert!(out.contains("signatures verified  20/20 ✓"), "{out}");
-    assert!(out.contains("12/12 delivered"), "{out}");
-    assert!(out.contains("6/6 delivered"), "{out}");
+    assert!(out.contains("signatures verified  25/25 ✓"), "{out}");
+    assert!(out.contains("15/15 delivered"), "{out}");
+    assert!(out.contains("8/8 delivered"), "{out}");
     assert!(out.contains("all recovered by retry"), "{out}");
     assert!(
-        out.contains("events captured      12 (lead 3, opportunity 3, student 3, user 3)"),
+        out.contains(
+            "events captured      15 (invoice 1, lead 5, opportunity 3, student 3, user 3)"
+        ),
         "{out}"
     );
     // The excluded column never reached a receiver.

@@ -8,6 +8,7 @@ mod common;
 mod admin_api;
 mod admin_cli;
 mod backfill;
+mod backfill_cli;
 mod browser;
 mod capture;
 mod crash;

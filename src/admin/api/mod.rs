@@ -4,6 +4,7 @@
 //!
 //! - `auth`: the bearer token and the same-origin and host guards.
 //! - `handlers`: one function per route.
+//! - `backfills`: the `/api/backfills` routes.
 //! - `metrics`: the Prometheus text exposition.
 //! - `server`: binding and serving with graceful shutdown.
 //!
@@ -19,6 +20,7 @@
 //! - [`router`] is separate from serving it, so tests drive it directly.
 
 mod auth;
+mod backfills;
 mod handlers;
 mod metrics;
 mod server;
@@ -257,6 +259,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/endpoints/{id}/enable", post(enable_endpoint))
         .route("/api/endpoints/{id}/disable", post(disable_endpoint))
         .route("/api/endpoints/{id}/ping", post(ping_endpoint))
+        .route("/api/backfills", get(backfills::list).post(backfills::ask))
+        .route("/api/backfills/{id}/cancel", post(backfills::cancel))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()
         .route("/healthz", get(healthz))

@@ -1,8 +1,10 @@
 //! `walhook demo`: the whole product in one command, with nothing to install
 //! but PostgreSQL's server programs. It starts a throwaway cluster, creates
 //! four demo objects, runs `setup` and `run` in-process against an
-//! in-process receiver, makes scripted changes and prints every request the
-//! receiver gets as it arrives, then a summary.
+//! in-process receiver, makes scripted changes (row changes and a custom
+//! event emitted from SQL), backfills the leads that were there before
+//! walhook started, and prints every request the receiver gets as it
+//! arrives, then a summary.
 //!
 //! The receiver has two endpoints: `crm` (superleap signature, every event)
 //! and `analytics` (Standard Webhooks, `lead.*` and `student.*`), which
@@ -30,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::receiver::{Received, Receiver};
 use self::script::{
-    ANALYTICS_FAILURES, EXCLUDED_COLUMN, STEADY_ENDPOINT, STEPS, TABLES_SQL, config_text,
-    random_secret, random_whsec,
+    ANALYTICS_FAILURES, BACKFILL_SLUG, BACKFILLED, EXCLUDED_COLUMN, STEADY_ENDPOINT, STEPS,
+    TABLES_SQL, config_text, random_secret, random_whsec,
 };
 pub use self::summary::{EndpointSummary, Summary};
 use self::summary::{any_rejected, check, expected_deliveries, missing, render_summary, summarize};
@@ -257,9 +259,12 @@ async fn scenario(
     start_walhook(&db, &cfg, port, printer, parts).await?;
 
     let deadline = Instant::now() + DELIVERY_DEADLINE;
-    let script: Vec<&str> = STEPS.iter().filter_map(|s| s.event).collect();
+    let mut script: Vec<&str> = STEPS.iter().filter_map(|s| s.event).collect();
+    script.extend_from_slice(BACKFILLED);
     let expected = expected_deliveries(&cfg, &script);
-    play_script(&db, &cfg, &receiver, parts, printer, deadline).await?;
+    if play_script(&db, &cfg, &receiver, parts, printer, deadline).await? {
+        play_backfill(&db, &cfg, &receiver, parts, printer, deadline, &script).await?;
+    }
     parts
         .wait_until(&receiver, deadline, |log| {
             any_rejected(log) || missing(&expected, log).is_empty()
@@ -306,7 +311,7 @@ async fn create_database(
     .map_err(LedgerError::from)?;
     db.batch_execute(TABLES_SQL).await?;
     printer.print(
-        "created database walhook_demo with public.leads, public.users, public.opportunities and the custom object crm.students",
+        "created database walhook_demo with public.leads (holding 2 leads already), public.users, public.opportunities and the custom object crm.students",
     );
     Ok((db, url))
 }
@@ -347,7 +352,7 @@ async fn start_walhook(
 }
 
 /// Makes the scripted changes one by one; stops early at the deadline or at
-/// a rejected signature.
+/// a rejected signature (then returns false).
 async fn play_script(
     db: &tokio_postgres::Client,
     cfg: &Config,
@@ -355,11 +360,16 @@ async fn play_script(
     parts: &mut Running,
     printer: &Printer,
     deadline: Instant,
-) -> Result<(), DemoError> {
+) -> Result<bool, DemoError> {
     let mut so_far: Vec<&str> = Vec::new();
     for step in STEPS {
         printer.print(&format!("\n▶ {}", step.sql));
         db.batch_execute(step.sql).await?;
+        if step.sql.contains("pg_logical_emit_message") {
+            printer.print(
+                "  a custom event from SQL: written to the WAL in the transaction, delivered only if it commits",
+            );
+        }
         let Some(name) = step.event else {
             printer.print(&format!(
                 "  only {EXCLUDED_COLUMN} changed: it is excluded, so this update emits no event"
@@ -369,21 +379,66 @@ async fn play_script(
         // Pace the script on the always-healthy endpoint so the stream reads
         // change by change.
         so_far.push(name);
-        let step_expected: BTreeMap<(String, String), usize> = expected_deliveries(cfg, &so_far)
-            .into_iter()
-            .filter(|((ep, _), _)| ep == STEADY_ENDPOINT)
-            .collect();
-        // A rejected signature ends the waiting at once: that delivery can
-        // never succeed, and the summary says why.
-        let settled = parts
-            .wait_until(receiver, deadline, |log| {
-                any_rejected(log) || missing(&step_expected, log).is_empty()
-            })
-            .await?;
-        if !settled || receiver.with_log(any_rejected) {
-            break;
+        if !settle(cfg, receiver, parts, deadline, &so_far).await? {
+            return Ok(false);
         }
     }
+    Ok(true)
+}
+
+/// Waits until the always-healthy endpoint has every event of `so_far`;
+/// false at the deadline or at a rejected signature.
+async fn settle(
+    cfg: &Config,
+    receiver: &Receiver,
+    parts: &mut Running,
+    deadline: Instant,
+    so_far: &[&str],
+) -> Result<bool, DemoError> {
+    let step_expected: BTreeMap<(String, String), usize> = expected_deliveries(cfg, so_far)
+        .into_iter()
+        .filter(|((ep, _), _)| ep == STEADY_ENDPOINT)
+        .collect();
+    // A rejected signature ends the waiting at once: that delivery can
+    // never succeed, and the summary says why.
+    let settled = parts
+        .wait_until(receiver, deadline, |log| {
+            any_rejected(log) || missing(&step_expected, log).is_empty()
+        })
+        .await?;
+    Ok(settled && !receiver.with_log(any_rejected))
+}
+
+/// `walhook backfill lead`: the leads that existed before walhook started
+/// arrive as `lead.backfill`, in the stream with everything else.
+async fn play_backfill(
+    db: &tokio_postgres::Client,
+    cfg: &Config,
+    receiver: &Receiver,
+    parts: &mut Running,
+    printer: &Printer,
+    deadline: Instant,
+    script: &[&str],
+) -> Result<(), DemoError> {
+    printer.print(&format!(
+        "\n▶ walhook backfill {BACKFILL_SLUG}   (the {} leads that were there before walhook started)",
+        BACKFILLED.len()
+    ));
+    let req = crate::ledger::backfills::BackfillRequest {
+        slug: BACKFILL_SLUG.into(),
+        endpoint: None,
+        where_sql: None,
+        as_create: false,
+        rate: None,
+    };
+    let queued = crate::admin::backfill::queue(cfg, db, db, &req)
+        .await
+        .map_err(|e| DemoError::Unexpected(format!("the backfill was refused: {e}")))?;
+    printer.print(&format!(
+        "  backfill {} queued; the running walhook reads the table in key order between two WAL watermarks and sends each row as {}",
+        queued.backfill.id, queued.event
+    ));
+    settle(cfg, receiver, parts, deadline, script).await?;
     Ok(())
 }
 

@@ -27,7 +27,17 @@ CREATE SCHEMA crm;
 CREATE TABLE crm.students (
   school text, student_no int, name text NOT NULL, enrolled_on date,
   PRIMARY KEY (school, student_no));
+INSERT INTO public.leads (id, name, email, score) VALUES
+  ('L-0001', 'Edsger Dijkstra', 'edsger@example.com', 70),
+  ('L-0002', 'Barbara Liskov', 'barbara@example.com', 90);
 ";
+
+/// The object the demo backfills at the end: its rows from before walhook
+/// started (the two seeded leads; the script's own lead is deleted by then).
+pub(super) const BACKFILL_SLUG: &str = "lead";
+
+/// The events the backfill sends, one per seeded lead.
+pub(super) const BACKFILLED: &[&str] = &["lead.backfill", "lead.backfill"];
 
 /// One scripted change and the event it must produce (none for an update of
 /// an excluded column only).
@@ -68,6 +78,10 @@ pub(super) const STEPS: &[Step] = &[
     Step {
         sql: "UPDATE public.opportunities SET stage = 'won', value = 14000.00 WHERE id = 7",
         event: Some("opportunity.update"),
+    },
+    Step {
+        sql: "SELECT pg_logical_emit_message(true, 'walhook', '{\"event\": \"invoice.paid\", \"key\": \"INV-7\", \"data\": {\"opportunity\": 7, \"amount\": 14000.00}}')",
+        event: Some("invoice.paid"),
     },
     Step {
         sql: "UPDATE crm.students SET name = 'Alan M. Turing' WHERE school = 'north' AND student_no = 42",

@@ -213,7 +213,7 @@ mod tests {
                 .map(|(_, n)| n)
                 .sum()
         };
-        assert_eq!(per("crm"), 12);
+        assert_eq!(per("crm"), 13);
         assert_eq!(per("analytics"), 6);
         assert!(!e.contains_key(&("analytics".into(), "user.create".into())));
     }
