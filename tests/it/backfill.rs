@@ -146,14 +146,7 @@ async fn a_backfill_under_full_speed_updates_is_consistent_with_the_stream() {
     let text = app::config_text(&db, ITEMS_OBJECTS, &endpoint(recv.url()));
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(churn(db.clone(), stop.clone()));
     let id = request(&db, false).await;

@@ -244,14 +244,7 @@ async fn backfills_through_the_cli_arrive_show_progress_and_cancel() {
     );
     let first = queued_id(&out);
     assert!(out.contains("as item.backfill"), "{out}");
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let done = wait_state(&path, first, "done").await;
     assert_eq!(done["rows_sent"], 200);
     assert!(

@@ -19,14 +19,7 @@ async fn a_committed_message_is_delivered_in_order_and_a_rolled_back_one_never()
     let text = app::config_text(&db, LEADS_OBJECTS, &eps);
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     client
         .batch_execute(

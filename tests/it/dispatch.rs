@@ -53,14 +53,7 @@ async fn start(
     );
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     (db, client, run)
 }

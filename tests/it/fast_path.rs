@@ -209,14 +209,7 @@ async fn a_hanging_endpoint_spills_and_holds_back_neither_the_slot_nor_the_other
     );
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     let mut latencies = Vec::new();
     for i in 0..20 {
@@ -278,14 +271,7 @@ async fn later_events_of_a_failing_record_never_overtake_it() {
     );
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     client
         .execute("INSERT INTO leads VALUES ('r1', 'a', 0)", &[])
@@ -344,14 +330,7 @@ async fn history_shows_first_attempts_and_ledger_retries_alike() {
     );
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     client
         .execute("INSERT INTO leads VALUES ('hb', 'b', 0)", &[])
@@ -426,14 +405,7 @@ async fn a_body_larger_than_the_byte_window_goes_from_memory() {
     );
     let cfg = app::parse(&text);
     app::setup(&cfg).await;
-    let run = InProcess::start(
-        cfg,
-        walhook::Roles {
-            capture: true,
-            dispatch: true,
-            admin: false,
-        },
-    );
+    let run = InProcess::run(cfg);
     let client = db.connect().await;
     // 12 MiB of text: `after` and `diff` make a 24 MiB body, over the 16 MiB window.
     client

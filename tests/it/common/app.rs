@@ -105,6 +105,18 @@ impl InProcess {
         InProcess { shutdown, handle }
     }
 
+    /// Capture and dispatch, no admin HTTP: what most tests run.
+    pub fn run(cfg: Config) -> InProcess {
+        Self::start(
+            cfg,
+            walhook::Roles {
+                capture: true,
+                dispatch: true,
+                admin: false,
+            },
+        )
+    }
+
     pub fn capture_only(cfg: Config) -> InProcess {
         Self::start(
             cfg,
