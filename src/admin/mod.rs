@@ -4,6 +4,7 @@
 //! - [`reports`]: the serialisable results and thin calls into the ledger's
 //!   history and queue, shared by the CLI and the HTTP API (one source of
 //!   truth for both).
+//! - [`requeue`]: `deliveries retry` by a filter and `deliveries resend`.
 //! - [`ping`]: `walhook endpoints ping`, a signed ping straight to an endpoint.
 //! - [`check`]: the `walhook check` doctor.
 //! - [`prune`]: `walhook prune`, retention by hand.
@@ -26,5 +27,6 @@ pub mod ping;
 pub mod prune;
 pub mod render;
 pub mod reports;
+pub mod requeue;
 
 pub use reports::AdminError;
