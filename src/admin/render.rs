@@ -119,8 +119,16 @@ pub fn status(s: &Status) -> String {
     let d = &s.deliveries;
     let _ = writeln!(
         out,
-        "deliveries {} pending, {} retrying, {} held, {} succeeded, {} disabled",
-        d.pending, d.retrying, d.held, d.succeeded, d.disabled
+        "deliveries {} pending, {} retrying, {} succeeded, {} disabled{}",
+        d.pending,
+        d.retrying,
+        d.succeeded,
+        d.disabled,
+        if d.held > 0 {
+            format!(", {} held (endpoint disabled)", d.held)
+        } else {
+            String::new()
+        }
     );
     out.push('\n');
     out.push_str(&endpoints(&s.endpoints));

@@ -29,7 +29,7 @@ pub enum SpillState {
     /// which records the attempt when it ends.
     Leased,
     /// Its first attempt failed: `retrying` (or `disabled`) with that attempt.
-    Failed(AttemptRow),
+    Failed(Box<AttemptRow>),
 }
 
 /// One delivery to spill.
@@ -83,7 +83,7 @@ impl Ledger {
             .filter_map(|(r, id)| match (&r.state, id) {
                 (SpillState::Failed(a), Some(id)) => Some(AttemptRow {
                     delivery_id: *id,
-                    ..a.clone()
+                    ..(**a).clone()
                 }),
                 _ => None,
             })
