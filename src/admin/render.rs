@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use super::check::{CheckReport, CheckState};
 use super::human::{human_bytes, human_lag};
 use super::prune::PruneReport;
-use super::reports::{DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status};
+use super::reports::{
+    AttemptView, DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status,
+};
 use super::requeue::{RequeueOutcome, ResendOutcome};
 
 /// Control characters escaped (`\n`, `\u{1b}`), everything else as is.
@@ -292,6 +294,14 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
         let _ = writeln!(out, "attempts   none yet");
     }
     for (i, a) in d.attempts.iter().enumerate() {
+        attempt(out, i + 1, a);
+    }
+}
+
+/// One attempt of `deliveries show`: the result, the request headers sent
+/// (`>`), the response headers kept and the excerpt (`<`).
+fn attempt(out: &mut String, n: usize, a: &AttemptView) {
+    {
         let result = match (&a.error, a.status_code) {
             (Some(e), _) => clean(e),
             (None, Some(c)) => format!("HTTP {c}"),
@@ -300,10 +310,7 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
         let _ = writeln!(
             out,
             "attempt {:<2} {}  {} ms  {}",
-            i + 1,
-            a.started_at,
-            a.duration_ms,
-            result
+            n, a.started_at, a.duration_ms, result
         );
         if let Some(obj) = a.request_headers.as_object() {
             for (k, v) in obj {

@@ -125,45 +125,8 @@ impl Ledger {
         endpoint: &str,
     ) -> Result<Resend, LedgerError> {
         let s = self.q();
-        // One statement: insert, or re-open a succeeded delivery (no lease
-        // to check: a succeeded delivery is never claimed), or say what is there.
         let row = client
-            .query_opt(
-                &format!(
-                    "WITH ev AS (
-                       SELECT seq, slug, record_key, commit_lsn, change_index
-                       FROM {s}.events WHERE event_id = $1
-                     ), ins AS (
-                       INSERT INTO {s}.deliveries
-                         (event_seq, endpoint_id, record, cycle_started_at, commit_lsn,
-                          change_index, status, next_attempt_at)
-                       SELECT ev.seq, $2, ev.slug || ':' || ev.record_key, now(), ev.commit_lsn,
-                              ev.change_index, 'pending', now()
-                       FROM ev
-                       ON CONFLICT (event_seq, endpoint_id) DO NOTHING
-                       RETURNING id
-                     ), reopened AS (
-                       UPDATE {s}.deliveries d
-                          SET status = 'pending', next_attempt_at = now(), cycle_started_at = now(),
-                              cycle_attempts = 0, updated_at = now()
-                         FROM ev
-                        WHERE d.event_seq = ev.seq AND d.endpoint_id = $2
-                          AND d.status = 'succeeded' AND NOT EXISTS (SELECT 1 FROM ins)
-                       RETURNING d.id
-                     )
-                     SELECT 'created'::text, id, NULL::text FROM ins
-                     UNION ALL SELECT 'reopened', id, NULL FROM reopened
-                     UNION ALL
-                     SELECT 'open', d.id, d.status FROM {s}.deliveries d JOIN ev ON d.event_seq = ev.seq
-                     WHERE d.endpoint_id = $2 AND d.status <> 'succeeded'
-                       AND NOT EXISTS (SELECT 1 FROM ins)
-                     UNION ALL
-                     SELECT 'not kept', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM ev)
-                       AND EXISTS (SELECT 1 FROM {s}.delivered WHERE event_id = $1)
-                     LIMIT 1"
-                ),
-                &[&event_id, &endpoint],
-            )
+            .query_opt(&resend_sql(&s), &[&event_id, &endpoint])
             .await?;
         let Some(row) = row else {
             return Ok(Resend::NotFound);
@@ -184,6 +147,45 @@ impl Ledger {
             _ => Resend::NotFound,
         })
     }
+}
+
+/// The statement of [`Ledger::resend`]: insert the delivery, or re-open the
+/// endpoint's succeeded one (no lease to check: a succeeded delivery is never
+/// claimed), or say what is there; one statement, so one snapshot.
+fn resend_sql(s: &str) -> String {
+    format!(
+        "WITH ev AS (
+           SELECT seq, slug, record_key, commit_lsn, change_index
+           FROM {s}.events WHERE event_id = $1
+         ), ins AS (
+           INSERT INTO {s}.deliveries
+             (event_seq, endpoint_id, record, cycle_started_at, commit_lsn,
+              change_index, status, next_attempt_at)
+           SELECT ev.seq, $2, ev.slug || ':' || ev.record_key, now(), ev.commit_lsn,
+                  ev.change_index, 'pending', now()
+           FROM ev
+           ON CONFLICT (event_seq, endpoint_id) DO NOTHING
+           RETURNING id
+         ), reopened AS (
+           UPDATE {s}.deliveries d
+              SET status = 'pending', next_attempt_at = now(), cycle_started_at = now(),
+                  cycle_attempts = 0, updated_at = now()
+             FROM ev
+            WHERE d.event_seq = ev.seq AND d.endpoint_id = $2
+              AND d.status = 'succeeded' AND NOT EXISTS (SELECT 1 FROM ins)
+           RETURNING d.id
+         )
+         SELECT 'created'::text, id, NULL::text FROM ins
+         UNION ALL SELECT 'reopened', id, NULL FROM reopened
+         UNION ALL
+         SELECT 'open', d.id, d.status FROM {s}.deliveries d JOIN ev ON d.event_seq = ev.seq
+         WHERE d.endpoint_id = $2 AND d.status <> 'succeeded'
+           AND NOT EXISTS (SELECT 1 FROM ins)
+         UNION ALL
+         SELECT 'not kept', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM ev)
+           AND EXISTS (SELECT 1 FROM {s}.delivered WHERE event_id = $1)
+         LIMIT 1"
+    )
 }
 
 #[cfg(test)]
