@@ -97,6 +97,15 @@ impl Ops {
             .get(0)
     }
 
+    /// One text value from the ledger.
+    pub(super) async fn text(&self, sql: &str) -> String {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
     /// Waits until `sql` (one bigint) gives `want`.
     pub(super) async fn wait_num(&self, sql: &str, want: i64) {
         wait_until(WAIT, &format!("{sql} = {want}"), || async {
@@ -192,24 +201,21 @@ pub(super) fn keys(requests: &[crate::common::RecordedRequest]) -> Vec<String> {
         .collect()
 }
 
+const MOVED_TO: &str = "https://elsewhere.example/new-hook";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_keep_location_and_retry_after_and_held_shows_the_reason() {
+    // Lead `moved` is answered with a redirect, any other with 503 + Retry-After.
     let rx = Receiver::start(Behaviour::script(|req, _| {
         if req.json()["after"]["id"] == "moved" {
             Reply::Status(
                 302,
-                vec![(
-                    "location".into(),
-                    "https://elsewhere.example/new-hook".into(),
-                )],
+                vec![("location".into(), MOVED_TO.into())],
                 Bytes::new(),
             )
         } else {
-            Reply::Status(
-                503,
-                vec![("retry-after".into(), "120".into())],
-                Bytes::from_static(b"busy"),
-            )
+            let retry_after = vec![("retry-after".into(), "120".into())];
+            Reply::Status(503, retry_after, Bytes::from_static(b"busy"))
         }
     }))
     .await;
@@ -225,23 +231,7 @@ async fn attempts_keep_location_and_retry_after_and_held_shows_the_reason() {
     };
     let moved = s.num(&id_of("moved")).await.to_string();
     let busy = s.num(&id_of("busy")).await.to_string();
-
-    let shown = s.ok_json(&["deliveries", "show", &moved, "--json"]).await;
-    let attempt = &shown["attempts"][0];
-    assert_eq!(attempt["status_code"], 302, "{shown:#}");
-    assert_eq!(attempt["location"], "https://elsewhere.example/new-hook");
-    assert_eq!(attempt["retry_after"], Value::Null);
-    let text = s.ok(&["deliveries", "show", &busy]).await;
-    assert!(text.contains("< retry-after: 120"), "{text}");
-    let (_, api) = s
-        .api("GET", &format!("/api/deliveries/{moved}"), None)
-        .await;
-    assert_eq!(
-        api["attempts"][0]["location"], "https://elsewhere.example/new-hook",
-        "{api:#}"
-    );
-
-    // Disabled endpoint: its deliveries are held, with the reason.
+    headers_are_kept(&s, &moved, &busy).await;
     s.ok(&[
         "endpoints",
         "disable",
@@ -250,13 +240,41 @@ async fn attempts_keep_location_and_retry_after_and_held_shows_the_reason() {
         "maintenance window",
     ])
     .await;
+    held_with_the_reason(&s, &busy).await;
+    // Enabled again: retrying as before, with its next attempt.
+    s.ok(&["endpoints", "enable", "a"]).await;
     let list = s.ok_json(&["deliveries", "list", "--json"]).await;
+    for d in list.as_array().unwrap() {
+        assert_eq!(d["status"], "retrying", "{d:#}");
+        assert!(d["next_attempt_at"].is_string());
+    }
+    s.halt().await;
+}
+
+async fn headers_are_kept(s: &Ops, moved: &str, busy: &str) {
+    let shown = s.ok_json(&["deliveries", "show", moved, "--json"]).await;
+    let attempt = &shown["attempts"][0];
+    assert_eq!(attempt["status_code"], 302, "{shown:#}");
+    assert_eq!(attempt["location"], MOVED_TO);
+    assert_eq!(attempt["retry_after"], Value::Null);
+    let text = s.ok(&["deliveries", "show", moved]).await;
+    assert!(text.contains(&format!("< location: {MOVED_TO}")), "{text}");
+    let text = s.ok(&["deliveries", "show", busy]).await;
+    assert!(text.contains("< retry-after: 120"), "{text}");
+    let (_, api) = s.api("GET", &format!("/api/deliveries/{busy}"), None).await;
+    assert_eq!(api["attempts"][0]["retry_after"], "120", "{api:#}");
+    assert_eq!(api["attempts"][0]["status_code"], 503, "{api:#}");
+}
+
+/// Endpoint `a` is disabled: its two deliveries show as held everywhere.
+async fn held_with_the_reason(s: &Ops, busy: &str) {
+    let list = s.ok_json(&["deliveries", "list", "--json"]).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
     for d in list.as_array().unwrap() {
         assert_eq!(d["status"], "held", "{d:#}");
         assert_eq!(d["held_reason"], "maintenance window");
         assert_eq!(d["next_attempt_at"], Value::Null);
     }
-    assert_eq!(list.as_array().unwrap().len(), 2);
     let held = s
         .ok_json(&["deliveries", "list", "--status", "held", "--json"])
         .await;
@@ -267,17 +285,15 @@ async fn attempts_keep_location_and_retry_after_and_held_shows_the_reason() {
     assert_eq!(retrying, json!([]));
     let text = s.ok(&["deliveries", "list"]).await;
     assert!(text.contains("held: maintenance window"), "{text}");
-    let text = s.ok(&["deliveries", "show", &busy]).await;
+    let text = s.ok(&["deliveries", "show", busy]).await;
     assert!(
         text.contains("status     held") && text.contains("maintenance window"),
         "{text}"
     );
     let st = s.ok_json(&["status", "--json"]).await;
+    let counts = &st["deliveries"];
     assert_eq!(
-        (
-            st["deliveries"]["held"].as_i64(),
-            st["deliveries"]["retrying"].as_i64()
-        ),
+        (counts["held"].as_i64(), counts["retrying"].as_i64()),
         (Some(2), Some(0)),
         "{st:#}"
     );
@@ -287,15 +303,8 @@ async fn attempts_keep_location_and_retry_after_and_held_shows_the_reason() {
     let (_, api) = s.api("GET", "/api/deliveries?status=held", None).await;
     assert_eq!(api.as_array().map(Vec::len), Some(2), "{api}");
     assert_eq!(api[0]["held_reason"], "maintenance window");
-
-    // Enabled again: retrying as before, with its next attempt.
-    s.ok(&["endpoints", "enable", "a"]).await;
-    let list = s.ok_json(&["deliveries", "list", "--json"]).await;
-    for d in list.as_array().unwrap() {
-        assert_eq!(d["status"], "retrying", "{d:#}");
-        assert!(d["next_attempt_at"].is_string());
-    }
-    s.halt().await;
+    let (_, st) = s.api("GET", "/api/status", None).await;
+    assert_eq!(st["deliveries"]["held"], 2, "{st:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

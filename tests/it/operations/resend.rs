@@ -14,89 +14,108 @@ fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Endpoint `old` got two events: `kept` (its first attempt failed, so the
+/// ledger has its body) and `fast` (delivered at once from the stream, body
+/// not kept). Endpoint `new`, with its own secret, got nothing.
+struct Case {
+    s: Ops,
+    old: Receiver,
+    new: Receiver,
+    kept: String,
+    fast: String,
+}
+
+impl Case {
+    async fn start() -> Case {
+        let old = Receiver::start(Behaviour::FailThenOk {
+            failures: 1,
+            status: 500,
+        })
+        .await;
+        let new = Receiver::start(Behaviour::AlwaysOk).await;
+        let endpoints = format!(
+            "{}{}",
+            endpoint(
+                "old",
+                &old,
+                OLD_SECRET,
+                "retry = { schedule = [\"100ms\"] }"
+            ),
+            // Subscribed to nothing that happens: it gets only what is resent.
+            endpoint("new", &new, NEW_SECRET, "events = [\"lead.delete\"]")
+        );
+        let s = Ops::start("ops_resend", &endpoints, "").await;
+        s.exec("INSERT INTO leads VALUES ('kept', 'a', 1)").await;
+        s.wait_num(
+            "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'old' AND status = 'succeeded'",
+            1,
+        )
+        .await;
+        s.exec("INSERT INTO leads VALUES ('fast', 'b', 1)").await;
+        s.wait_num(
+            "SELECT count(*) FROM walhook.delivered WHERE endpoint_id = 'old'",
+            1,
+        )
+        .await;
+        let kept = s
+            .text("SELECT event_id FROM walhook.events WHERE record_key = 'kept'")
+            .await;
+        let fast = s
+            .text("SELECT event_id FROM walhook.delivered WHERE record = 'lead:fast'")
+            .await;
+        assert!(new.requests().is_empty());
+        Case {
+            s,
+            old,
+            new,
+            kept,
+            fast,
+        }
+    }
+
+    async fn wait_succeeded(&self, delivery: i64) {
+        let sql = format!(
+            "SELECT count(*) FROM walhook.deliveries WHERE id = {delivery} AND status = 'succeeded'"
+        );
+        self.s.wait_num(&sql, 1).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_sends_a_kept_event_to_another_endpoint() {
-    // `old` fails its first request, so that event waits in the ledger with its body.
-    let old = Receiver::start(Behaviour::FailThenOk {
-        failures: 1,
-        status: 500,
-    })
-    .await;
-    let new = Receiver::start(Behaviour::AlwaysOk).await;
-    let endpoints = format!(
-        "{}{}",
-        endpoint(
-            "old",
-            &old,
-            OLD_SECRET,
-            "retry = { schedule = [\"100ms\"] }"
-        ),
-        // Subscribed to nothing that happens: it gets only what is resent.
-        endpoint("new", &new, NEW_SECRET, "events = [\"lead.delete\"]")
-    );
-    let mut s = Ops::start("ops_resend", &endpoints, "").await;
-    s.exec("INSERT INTO leads VALUES ('kept', 'a', 1)").await;
-    s.wait_num(
-        "SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'old' AND status = 'succeeded'",
-        1,
-    )
-    .await;
-    s.exec("INSERT INTO leads VALUES ('fast', 'b', 1)").await;
-    s.wait_num(
-        "SELECT count(*) FROM walhook.delivered WHERE endpoint_id = 'old'",
-        1,
-    )
-    .await;
-    let kept_id: String = s
-        .client
-        .query_one(
-            "SELECT event_id FROM walhook.events WHERE record_key = 'kept'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let fast_id: String = s
-        .client
-        .query_one(
-            "SELECT event_id FROM walhook.delivered WHERE record = 'lead:fast'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(new.requests().is_empty());
+    let mut c = Case::start().await;
+    let delivery = first_resend(&c).await;
+    again_and_refused(&c, delivery).await;
+    through_the_api(&c, delivery).await;
+    c.s.halt().await;
+}
 
-    let r = s
-        .ok_json(&[
-            "deliveries",
-            "resend",
-            &kept_id,
-            "--endpoint",
-            "new",
-            "--json",
-        ])
-        .await;
+/// A new delivery for `new`: the same body, signed with `new`'s secret.
+async fn first_resend(c: &Case) -> i64 {
+    let args = [
+        "deliveries",
+        "resend",
+        &c.kept,
+        "--endpoint",
+        "new",
+        "--json",
+    ];
+    let r = c.s.ok_json(&args).await;
     assert_eq!(
         (r["endpoint"].as_str(), r["reopened"].as_bool()),
         (Some("new"), Some(false)),
         "{r}"
     );
     let delivery = r["delivery_id"].as_i64().unwrap();
-    let got = new.wait_for_requests(1, WAIT).await;
-    let sent_before = old
+    let got = c.new.wait_for_requests(1, WAIT).await;
+    let before = c
+        .old
         .requests()
         .into_iter()
-        .find(|q| q.header("x-superleap-event-id") == Some(kept_id.as_str()))
+        .find(|q| q.header("x-superleap-event-id") == Some(c.kept.as_str()))
         .expect("old got the event");
-    assert_eq!(
-        got[0].body, sent_before.body,
-        "the same body, byte for byte"
-    );
-    assert_eq!(
-        got[0].header("x-superleap-event-id"),
-        Some(kept_id.as_str())
-    );
+    assert_eq!(got[0].body, before.body, "the same body, byte for byte");
+    assert_eq!(got[0].header("x-superleap-event-id"), Some(c.kept.as_str()));
     assert_eq!(
         got[0].header("x-superleap-signature"),
         Some(signature(NEW_SECRET, &got[0].body).as_str()),
@@ -104,16 +123,12 @@ async fn resend_sends_a_kept_event_to_another_endpoint() {
     );
     assert_ne!(
         got[0].header("x-superleap-signature"),
-        sent_before.header("x-superleap-signature")
+        before.header("x-superleap-signature")
     );
-    s.wait_num(
-        &format!(
-            "SELECT count(*) FROM walhook.deliveries WHERE id = {delivery} AND status = 'succeeded'"
-        ),
-        1,
-    )
-    .await;
-    let shown = s.ok_json(&["deliveries", "show", &kept_id, "--json"]).await;
+    c.wait_succeeded(delivery).await;
+    let shown =
+        c.s.ok_json(&["deliveries", "show", &c.kept, "--json"])
+            .await;
     let mut eps: Vec<&str> = shown
         .as_array()
         .unwrap()
@@ -122,68 +137,52 @@ async fn resend_sends_a_kept_event_to_another_endpoint() {
         .collect();
     eps.sort();
     assert_eq!(eps, ["new", "old"]);
+    delivery
+}
 
+async fn again_and_refused(c: &Case, delivery: i64) {
     // Again: its succeeded delivery is opened again.
-    let out = s
-        .ok(&["deliveries", "resend", &kept_id, "--endpoint", "new"])
-        .await;
+    let out =
+        c.s.ok(&["deliveries", "resend", &c.kept, "--endpoint", "new"])
+            .await;
     assert!(out.contains(&format!("as delivery {delivery}")), "{out}");
-    new.wait_for_requests(2, WAIT).await;
-
-    // What cannot be resent.
-    s.fails(
-        &["deliveries", "resend", &fast_id, "--endpoint", "new"],
+    c.new.wait_for_requests(2, WAIT).await;
+    c.s.fails(
+        &["deliveries", "resend", &c.fast, "--endpoint", "new"],
         "keep_bodies",
     )
     .await;
-    s.fails(
-        &[
-            "deliveries",
-            "resend",
-            "app:lead:1:nope:lead.create:abcdefgh",
-            "--endpoint",
-            "new",
-        ],
+    let unknown = "app:lead:1:nope:lead.create:abcdefgh";
+    c.s.fails(
+        &["deliveries", "resend", unknown, "--endpoint", "new"],
         "no event with id",
     )
     .await;
-    s.fails(
-        &["deliveries", "resend", &kept_id, "--endpoint", "nope"],
-        "unknown endpoint `nope`",
-    )
-    .await;
+    let args = ["deliveries", "resend", &c.kept, "--endpoint", "nope"];
+    c.s.fails(&args, "unknown endpoint `nope`").await;
+    c.wait_succeeded(delivery).await;
+}
 
-    // The admin API.
-    s.wait_num(
-        &format!(
-            "SELECT count(*) FROM walhook.deliveries WHERE id = {delivery} AND status = 'succeeded'"
-        ),
-        1,
-    )
-    .await;
-    let path = format!("/api/events/{kept_id}/resend");
-    let (code, r) = s.api("POST", &path, Some(r#"{"endpoint": "new"}"#)).await;
+async fn through_the_api(c: &Case, delivery: i64) {
+    let path = format!("/api/events/{}/resend", c.kept);
+    let (code, r) = c.s.api("POST", &path, Some(r#"{"endpoint": "new"}"#)).await;
     assert_eq!(code, StatusCode::OK, "{r}");
     assert_eq!(
         (r["delivery_id"].as_i64(), r["reopened"].as_bool()),
         (Some(delivery), Some(true))
     );
-    new.wait_for_requests(3, WAIT).await;
-    let (code, r) = s.api("POST", &path, Some("{}")).await;
+    c.new.wait_for_requests(3, WAIT).await;
+    let (code, r) = c.s.api("POST", &path, Some("{}")).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{r}");
-    let (code, r) = s.api("POST", &path, Some(r#"{"endpoint": "nope"}"#)).await;
+    let (code, r) =
+        c.s.api("POST", &path, Some(r#"{"endpoint": "nope"}"#))
+            .await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{r}");
-    let (code, r) = s
-        .api(
-            "POST",
-            &format!("/api/events/{fast_id}/resend"),
-            Some(r#"{"endpoint": "new"}"#),
-        )
-        .await;
+    let fast = format!("/api/events/{}/resend", c.fast);
+    let (code, r) = c.s.api("POST", &fast, Some(r#"{"endpoint": "new"}"#)).await;
     assert_eq!(code, StatusCode::CONFLICT, "{r}");
     assert!(
         r["message"].as_str().unwrap().contains("keep_bodies"),
         "{r}"
     );
-    s.halt().await;
 }
