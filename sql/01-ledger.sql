@@ -84,8 +84,14 @@ CREATE TABLE IF NOT EXISTS "walhook".attempts (
     error_kind       text,
     error            text,
     response_excerpt text,
-    request_headers  jsonb NOT NULL
+    request_headers  jsonb NOT NULL,
+    location         text,
+    retry_after      text
 );
+
+ALTER TABLE "walhook".attempts
+    ADD COLUMN IF NOT EXISTS location text,
+    ADD COLUMN IF NOT EXISTS retry_after text;
 
 CREATE INDEX IF NOT EXISTS attempts_delivery ON "walhook".attempts (delivery_id);
 

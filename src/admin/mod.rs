@@ -6,6 +6,7 @@
 //!   truth for both).
 //! - [`backfill`]: asking for a backfill (checked, then queued), listing
 //!   and cancelling them.
+//! - [`requeue`]: `deliveries retry` by a filter and `deliveries resend`.
 //! - [`ping`]: `walhook endpoints ping`, a signed ping straight to an endpoint.
 //! - [`check`]: the `walhook check` doctor.
 //! - [`prune`]: `walhook prune`, retention by hand.
@@ -29,5 +30,6 @@ pub mod ping;
 pub mod prune;
 pub mod render;
 pub mod reports;
+pub mod requeue;
 
 pub use reports::AdminError;

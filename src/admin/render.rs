@@ -9,7 +9,10 @@ use std::fmt::Write as _;
 use super::check::{CheckReport, CheckState};
 use super::human::{human_bytes, human_lag};
 use super::prune::PruneReport;
-use super::reports::{DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status};
+use super::reports::{
+    AttemptView, DeliveryDetail, DeliverySummary, EndpointState, PingOutcome, Shown, Status,
+};
+use super::requeue::{RequeueOutcome, ResendOutcome};
 use crate::ledger::backfills::Backfill;
 
 /// Control characters escaped (`\n`, `\u{1b}`), everything else as is.
@@ -119,8 +122,16 @@ pub fn status(s: &Status) -> String {
     let d = &s.deliveries;
     let _ = writeln!(
         out,
-        "deliveries {} pending, {} retrying, {} succeeded, {} disabled",
-        d.pending, d.retrying, d.succeeded, d.disabled
+        "deliveries {} pending, {} retrying, {} succeeded, {} disabled{}",
+        d.pending,
+        d.retrying,
+        d.succeeded,
+        d.disabled,
+        if d.held > 0 {
+            format!(", {} held (endpoint disabled)", d.held)
+        } else {
+            String::new()
+        }
     );
     out.push('\n');
     out.push_str(&endpoints(&s.endpoints));
@@ -224,6 +235,7 @@ pub fn endpoints(list: &[EndpointState]) -> String {
                 e.events.join(","),
                 e.deliveries.pending.to_string(),
                 e.deliveries.retrying.to_string(),
+                e.deliveries.held.to_string(),
                 e.deliveries.succeeded.to_string(),
                 e.deliveries.disabled.to_string(),
             ]
@@ -237,6 +249,7 @@ pub fn endpoints(list: &[EndpointState]) -> String {
             "EVENTS",
             "PENDING",
             "RETRYING",
+            "HELD",
             "SUCCEEDED",
             "DISABLED",
         ],
@@ -273,7 +286,10 @@ pub fn deliveries(list: &[DeliverySummary]) -> String {
                 state,
                 d.attempts.to_string(),
                 last_result(d),
-                or_dash(d.next_attempt_at.as_deref()),
+                match &d.held_reason {
+                    Some(r) => format!("held: {}", truncate(r, 40)),
+                    None => or_dash(d.next_attempt_at.as_deref()),
+                },
                 truncate(&d.event_id, 80),
             ]
         })
@@ -302,6 +318,14 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
             ""
         }
     );
+    if let Some(reason) = &s.held_reason {
+        let _ = writeln!(
+            out,
+            "held       {} (nothing is sent until `walhook endpoints enable {}`)",
+            clean(reason),
+            s.endpoint
+        );
+    }
     if let Some(next) = &s.next_attempt_at {
         let _ = writeln!(out, "next       {next}");
     }
@@ -312,6 +336,14 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
         let _ = writeln!(out, "attempts   none yet");
     }
     for (i, a) in d.attempts.iter().enumerate() {
+        attempt(out, i + 1, a);
+    }
+}
+
+/// One attempt of `deliveries show`: the result, the request headers sent
+/// (`>`), the response headers kept and the excerpt (`<`).
+fn attempt(out: &mut String, n: usize, a: &AttemptView) {
+    {
         let result = match (&a.error, a.status_code) {
             (Some(e), _) => clean(e),
             (None, Some(c)) => format!("HTTP {c}"),
@@ -320,10 +352,7 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
         let _ = writeln!(
             out,
             "attempt {:<2} {}  {} ms  {}",
-            i + 1,
-            a.started_at,
-            a.duration_ms,
-            result
+            n, a.started_at, a.duration_ms, result
         );
         if let Some(obj) = a.request_headers.as_object() {
             for (k, v) in obj {
@@ -334,10 +363,50 @@ fn detail(out: &mut String, d: &DeliveryDetail) {
                 let _ = writeln!(out, "    > {}: {}", clean(k), clean(&v));
             }
         }
+        for (name, value) in [("location", &a.location), ("retry-after", &a.retry_after)] {
+            if let Some(v) = value {
+                let _ = writeln!(out, "    < {name}: {}", truncate(v, 400));
+            }
+        }
         if let Some(x) = &a.response_excerpt {
             let _ = writeln!(out, "    < {}", truncate(x, 400));
         }
     }
+}
+
+/// `walhook deliveries retry` by filter.
+pub fn requeued(o: &RequeueOutcome) -> String {
+    let whom = o
+        .endpoint
+        .as_deref()
+        .map(|e| format!(" for endpoint {e}"))
+        .unwrap_or_default();
+    if o.dry_run {
+        format!(
+            "{} failed deliveries{whom} would be queued again (--dry-run: nothing changed)\n",
+            o.requeued
+        )
+    } else {
+        format!(
+            "{} failed deliveries{whom} queued again; a running `walhook run` sends them now\n",
+            o.requeued
+        )
+    }
+}
+
+/// `walhook deliveries resend`.
+pub fn resent(o: &ResendOutcome) -> String {
+    let how = if o.reopened {
+        "its earlier delivery, which had succeeded, is due again"
+    } else {
+        "a new delivery, due now"
+    };
+    format!(
+        "event {} queued for endpoint {} as delivery {} ({how}); a running `walhook run` sends it now\n",
+        clean(&o.event_id),
+        o.endpoint,
+        o.delivery_id
+    )
 }
 
 /// `walhook deliveries show`.

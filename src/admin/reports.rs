@@ -63,6 +63,18 @@ pub enum AdminError {
     )]
     InFlight(i64),
     #[error(
+        "event `{0}` cannot be resent: its body is not in the ledger. It was delivered at once from the stream, and `[ledger] keep_bodies = \"failed\"` (the default) keeps only the bodies of deliveries that had to wait (or retention pruned it). Set `keep_bodies = \"all\"` to be able to resend any delivered event."
+    )]
+    BodyNotKept(String),
+    #[error(
+        "the event already has delivery {delivery} to endpoint `{endpoint}`, {state}: `walhook deliveries retry {delivery}` sends it again now"
+    )]
+    ResendOpen {
+        delivery: i64,
+        state: &'static str,
+        endpoint: String,
+    },
+    #[error(
         "unknown endpoint `{id}`: the configured endpoints are {known}. Check the id, or add it to [[endpoints]] in the config."
     )]
     UnknownEndpoint { id: String, known: String },
@@ -191,6 +203,11 @@ pub struct PingOutcome {
 /// `--since`: a duration back from `now` (`90m`, `2d`), an RFC 3339 time, or
 /// a date (`2025-02-21`, midnight UTC).
 pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, AdminError> {
+    parse_time("since", s, now)
+}
+
+/// A time as `--since` takes it; errors name the option `what`.
+pub fn parse_time(what: &'static str, s: &str, now: SystemTime) -> Result<SystemTime, AdminError> {
     let s = s.trim();
     if let Ok(d) = crate::config::duration_from_str(s) {
         return Ok(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
@@ -203,7 +220,7 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, AdminError> {
         return Ok(d.midnight().assume_utc().into());
     }
     Err(AdminError::BadRequest {
-        what: "since",
+        what,
         message: format!(
             "`{s}` is neither a duration (`90m`, `2d`), an RFC 3339 time (`2025-02-21T08:00:00Z`) nor a date (`2025-02-21`)"
         ),
@@ -315,6 +332,11 @@ impl<'a> Reports<'a> {
             cfg,
             ledger: Ledger::new(&cfg.ledger.schema),
         }
+    }
+
+    /// The ledger these reports read.
+    pub(super) fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// The slot's lag and state: the server's view from `source`, the

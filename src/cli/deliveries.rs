@@ -1,10 +1,11 @@
-//! `walhook deliveries`: list, show and retry.
+//! `walhook deliveries`: list, show, retry and resend.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::Subcommand;
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
 
+use walhook::admin::requeue::RetryRequest;
 use walhook::admin::{render, reports};
 use walhook::config::Config;
 
@@ -14,7 +15,7 @@ use super::output::{admin_connect, print_out};
 pub enum DeliveriesCommand {
     /// Deliveries, newest first.
     List {
-        /// pending, retrying, succeeded or disabled.
+        /// pending, retrying, held (pending or retrying for a disabled endpoint), succeeded or disabled.
         #[arg(long)]
         status: Option<String>,
         /// An event name (`lead.create`), a filter (`lead.*`, `*.delete`) or an event id.
@@ -26,6 +27,9 @@ pub enum DeliveriesCommand {
         /// Created since: a duration back from now (`90m`, `2d`), an RFC 3339 time or a date.
         #[arg(long)]
         since: Option<String>,
+        /// Created before: the same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = reports::DEFAULT_LIMIT)]
         limit: i64,
@@ -41,21 +45,56 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a delivery (or every failed one) back in the queue with a fresh retry cycle.
-    Retry {
-        /// The delivery id.
-        #[arg(conflicts_with = "all_failed")]
-        id: Option<i64>,
-        /// Every retrying and disabled delivery.
+    /// Put failed deliveries back in the queue with a fresh retry cycle: one
+    /// by id, or every retrying and disabled one the flags select (AND).
+    /// Succeeded deliveries are never re-queued by retry; `deliveries
+    /// resend` sends an event again on purpose.
+    Retry(RetryArgs),
+    /// Send a past event again to an endpoint (e.g. a new one): a new
+    /// delivery, due now, with a fresh retry cycle. The event's body must be
+    /// in the ledger (`[ledger] keep_bodies = "all"` keeps every one).
+    Resend {
+        /// The event id (`walhook deliveries list` shows them).
+        event_id: String,
+        /// The endpoint to send it to.
         #[arg(long)]
-        all_failed: bool,
-        /// With --all-failed: only this endpoint's.
-        #[arg(long, requires = "all_failed")]
-        endpoint: Option<String>,
+        endpoint: String,
         /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The flags of `deliveries retry`.
+#[derive(Args, Debug)]
+pub struct RetryArgs {
+    /// The delivery id.
+    #[arg(conflicts_with_all = ["all_failed", "status", "event", "endpoint", "since", "until", "dry_run"])]
+    id: Option<i64>,
+    /// Every retrying and disabled delivery (the flags below narrow it).
+    #[arg(long)]
+    all_failed: bool,
+    /// retrying or disabled (default: both).
+    #[arg(long)]
+    status: Option<String>,
+    /// An event name (`lead.create`), a filter (`lead.*`, `*.delete`) or an event id.
+    #[arg(long)]
+    event: Option<String>,
+    /// An endpoint id.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Created since: a duration back from now (`90m`, `2d`), an RFC 3339 time or a date.
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before: the same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+    /// Count what would be re-queued; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
@@ -66,17 +105,22 @@ pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
             event,
             endpoint,
             since,
+            until,
             limit,
             json,
         } => {
+            let now = std::time::SystemTime::now();
+            let time = |what, s: Option<String>| {
+                s.as_deref()
+                    .map(|s| reports::parse_time(what, s, now))
+                    .transpose()
+            };
             let filter = reports::DeliveryFilter {
                 status: status.as_deref().map(str::parse).transpose()?,
                 event,
                 endpoint,
-                since: since
-                    .as_deref()
-                    .map(|s| reports::parse_since(s, std::time::SystemTime::now()))
-                    .transpose()?,
+                since: time("since", since)?,
+                until: time("until", until)?,
                 before: None,
                 limit: Some(limit),
             };
@@ -89,12 +133,16 @@ pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
             let shown = reports.show(&client, &id).await?;
             print_out(json, &shown, render::shown)?;
         }
-        DeliveriesCommand::Retry {
-            id,
-            all_failed,
+        DeliveriesCommand::Retry(args) => retry_deliveries(&reports, cfg, args).await?,
+        DeliveriesCommand::Resend {
+            event_id,
             endpoint,
             json,
-        } => retry_deliveries(&reports, cfg, id, all_failed, endpoint, json).await?,
+        } => {
+            let client = admin_connect(cfg).await?;
+            let out = reports.resend(&client, &event_id, &endpoint).await?;
+            print_out(json, &out, render::resent)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -102,38 +150,38 @@ pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
 async fn retry_deliveries(
     reports: &reports::Reports<'_>,
     cfg: &Config,
-    id: Option<i64>,
-    all_failed: bool,
-    endpoint: Option<String>,
-    json: bool,
+    a: RetryArgs,
 ) -> Result<()> {
-    let client = admin_connect(cfg).await?;
-    if all_failed {
-        let out = reports
-            .retry_all_failed(&client, endpoint.as_deref())
-            .await?;
-        print_out(json, &out, |o| {
-            format!(
-                "{} failed deliveries queued again{}\n",
-                o.requeued,
-                o.endpoint
-                    .as_deref()
-                    .map(|e| format!(" for endpoint {e}"))
-                    .unwrap_or_default()
-            )
-        })?;
-    } else {
-        let id = id.context(
-            "give the id of the delivery to retry (`walhook deliveries list` shows them), or --all-failed [--endpoint E] to re-queue every retrying and disabled delivery",
-        )?;
+    let filtered = a.status.is_some()
+        || a.event.is_some()
+        || a.endpoint.is_some()
+        || a.since.is_some()
+        || a.until.is_some();
+    if let Some(id) = a.id {
+        let client = admin_connect(cfg).await?;
         let out = reports.retry(&client, id).await?;
-        print_out(json, &out, |o| {
+        return print_out(a.json, &out, |o| {
             format!(
                 "delivery {} ({}) queued again; a running `walhook run` sends it now\n",
                 o.delivery_id,
                 o.previous_status.as_str()
             )
-        })?;
+        });
     }
-    Ok(())
+    if !a.all_failed && !filtered {
+        bail!(
+            "give the id of the delivery to retry (`walhook deliveries list` shows them), or choose failed deliveries with --all-failed, --status, --event, --endpoint, --since or --until (--dry-run counts them first)"
+        );
+    }
+    let req = RetryRequest {
+        status: a.status,
+        event: a.event,
+        endpoint: a.endpoint,
+        since: a.since,
+        until: a.until,
+        dry_run: a.dry_run,
+    };
+    let client = admin_connect(cfg).await?;
+    let out = reports.requeue(&client, &req).await?;
+    print_out(a.json, &out, render::requeued)
 }

@@ -9,13 +9,16 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 
 use super::retry::{Failure, FailureKind};
 use crate::pg::unix_ms;
 
 /// At most this many bytes of a response body are read and kept.
 pub const EXCERPT_LIMIT: usize = 4096;
+
+/// At most this many characters of a kept response header value.
+pub const HEADER_LIMIT: usize = 2048;
 
 /// Errors at the HTTP boundary that are not attempt outcomes.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,34 @@ pub struct AttemptRecord {
     /// The response's `Retry-After`, whatever the status (delta-seconds or
     /// HTTP-date, a date in the past giving zero).
     pub retry_after: Option<Duration>,
+    /// Response headers kept in the attempt's history.
+    pub kept: KeptHeaders,
+}
+
+/// The response headers an attempt's history keeps, as received (lossy
+/// UTF-8, at most [`HEADER_LIMIT`] characters): where a redirect points, and
+/// when the receiver asked to be called again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptHeaders {
+    pub location: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+impl KeptHeaders {
+    fn of(headers: &HeaderMap) -> KeptHeaders {
+        let text = |name| {
+            headers.get(name).map(|v: &reqwest::header::HeaderValue| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(HEADER_LIMIT)
+                    .collect()
+            })
+        };
+        KeptHeaders {
+            location: text(LOCATION),
+            retry_after: text(RETRY_AFTER),
+        }
+    }
 }
 
 impl AttemptRecord {
@@ -144,12 +175,13 @@ pub async fn attempt(
     let started_at_unix_ms = unix_ms(SystemTime::now());
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + timeout);
-    let record = |outcome, response_excerpt, retry_after| AttemptRecord {
+    let record = |outcome, response_excerpt, retry_after, kept| AttemptRecord {
         started_at_unix_ms,
         duration: start.elapsed(),
         outcome,
         response_excerpt,
         retry_after,
+        kept,
     };
 
     let send = client
@@ -158,8 +190,11 @@ pub async fn attempt(
         .body(body)
         .send();
     let mut response = match tokio::time::timeout_at(deadline, send).await {
-        Err(_elapsed) => return record(Outcome::Timeout, None, None),
-        Ok(Err(err)) => return record(transport_outcome(err, url), None, None),
+        Err(_elapsed) => return record(Outcome::Timeout, None, None, KeptHeaders::default()),
+        Ok(Err(err)) => {
+            let outcome = transport_outcome(err, url);
+            return record(outcome, None, None, KeptHeaders::default());
+        }
         Ok(Ok(response)) => response,
     };
 
@@ -169,6 +204,7 @@ pub async fn attempt(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let kept = KeptHeaders::of(response.headers());
 
     let mut excerpt = Vec::new();
     let mut timed_out = false;
@@ -198,7 +234,7 @@ pub async fn attempt(
     } else {
         Outcome::Status(code)
     };
-    record(outcome, lossy_excerpt(&excerpt), retry_after)
+    record(outcome, lossy_excerpt(&excerpt), retry_after, kept)
 }
 
 /// Classify a transport error and describe it without the URL.
@@ -379,6 +415,7 @@ mod tests {
             outcome: Outcome::Success(200),
             response_excerpt: None,
             retry_after: Some(Duration::from_secs(3)),
+            kept: KeptHeaders::default(),
         };
         assert_eq!(rec.failure(), None);
         rec.outcome = Outcome::Status(429);
@@ -391,6 +428,18 @@ mod tests {
         );
         rec.outcome = Outcome::Connect("refused".into());
         assert_eq!(rec.failure().unwrap().kind, FailureKind::Connect);
+    }
+
+    #[test]
+    fn kept_headers_are_bounded_text() {
+        let mut h = HeaderMap::new();
+        assert_eq!(KeptHeaders::of(&h), KeptHeaders::default());
+        h.insert(LOCATION, "https://example.com/new".parse().unwrap());
+        let long = "9".repeat(HEADER_LIMIT + 10);
+        h.insert(RETRY_AFTER, long.parse().unwrap());
+        let kept = KeptHeaders::of(&h);
+        assert_eq!(kept.location.as_deref(), Some("https://example.com/new"));
+        assert_eq!(kept.retry_after.map(|r| r.len()), Some(HEADER_LIMIT));
     }
 
     #[test]

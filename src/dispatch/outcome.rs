@@ -67,6 +67,8 @@ pub fn attempt_row(
         error: (!outcome.is_success()).then(|| outcome.message()),
         response_excerpt: record.response_excerpt.clone(),
         request_headers: headers_json(headers),
+        location: record.kept.location.clone(),
+        retry_after: record.kept.retry_after.clone(),
         next,
     }
 }
@@ -235,6 +237,7 @@ mod tests {
             outcome,
             response_excerpt: None,
             retry_after: None,
+            kept: Default::default(),
         }
     }
 

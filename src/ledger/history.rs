@@ -8,100 +8,16 @@
 //! rather than mapping them to look-alike types.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, Row};
 
+use super::states::SHOWN_STATE_SQL;
+pub use super::states::{DeliveryState, StateCounts, UnknownState};
 use super::{Ledger, LedgerError};
 use crate::pg::{Lsn, unix_ms};
-
-/// A delivery's state in the queue (SPEC §5), the `status` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryState {
-    Pending,
-    Retrying,
-    Succeeded,
-    Disabled,
-}
-
-impl DeliveryState {
-    pub const ALL: [DeliveryState; 4] = [
-        DeliveryState::Pending,
-        DeliveryState::Retrying,
-        DeliveryState::Succeeded,
-        DeliveryState::Disabled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Pending => "pending",
-            DeliveryState::Retrying => "retrying",
-            DeliveryState::Succeeded => "succeeded",
-            DeliveryState::Disabled => "disabled",
-        }
-    }
-
-    /// The state of a `status` column value (the table's CHECK allows no other).
-    pub(super) fn of_column(s: &str) -> DeliveryState {
-        s.parse().unwrap_or(DeliveryState::Pending)
-    }
-}
-
-/// A word that names no delivery state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid status: `{0}` is not a delivery state; use pending, retrying, succeeded or disabled"
-)]
-pub struct UnknownState(pub String);
-
-impl FromStr for DeliveryState {
-    type Err = UnknownState;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // `failed` is what operators tend to type for "not delivered yet, failing".
-        match s.trim().to_ascii_lowercase().as_str() {
-            "pending" => Ok(DeliveryState::Pending),
-            "retrying" | "failed" | "failing" => Ok(DeliveryState::Retrying),
-            "succeeded" | "success" | "delivered" => Ok(DeliveryState::Succeeded),
-            "disabled" => Ok(DeliveryState::Disabled),
-            other => Err(UnknownState(other.to_string())),
-        }
-    }
-}
-
-/// Deliveries counted by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StateCounts {
-    pub pending: i64,
-    pub retrying: i64,
-    pub succeeded: i64,
-    pub disabled: i64,
-    pub total: i64,
-}
-
-impl StateCounts {
-    fn add(&mut self, state: DeliveryState, n: i64) {
-        match state {
-            DeliveryState::Pending => self.pending += n,
-            DeliveryState::Retrying => self.retrying += n,
-            DeliveryState::Succeeded => self.succeeded += n,
-            DeliveryState::Disabled => self.disabled += n,
-        }
-        self.total += n;
-    }
-
-    pub fn get(&self, state: DeliveryState) -> i64 {
-        match state {
-            DeliveryState::Pending => self.pending,
-            DeliveryState::Retrying => self.retrying,
-            DeliveryState::Succeeded => self.succeeded,
-            DeliveryState::Disabled => self.disabled,
-        }
-    }
-}
 
 /// Deliveries by state, overall and per endpoint id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,13 +61,16 @@ pub struct DeliverySummary {
     pub endpoint: String,
     /// `slug:record_key`
     pub record: String,
+    /// `held` (derived) when pending or retrying while its endpoint is disabled.
     pub status: DeliveryState,
+    /// Why it is held: the endpoint's disabled reason.
+    pub held_reason: Option<String>,
     pub attempts: i32,
     /// An attempt is under way (a dispatcher holds the lease).
     pub in_flight: bool,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
-    /// When the next attempt is due (pending and retrying only).
+    /// When the next attempt is due (pending and retrying only, not held).
     pub next_attempt_at: Option<String>,
     pub commit_time: String,
     pub created_at: String,
@@ -171,6 +90,10 @@ pub struct AttemptView {
     pub response_excerpt: Option<String>,
     /// The headers sent (signatures are HMAC outputs, not secrets).
     pub request_headers: serde_json::Value,
+    /// The response's `Location` header (a redirect's target), as received.
+    pub location: Option<String>,
+    /// The response's `Retry-After` header, as received.
+    pub retry_after: Option<String>,
 }
 
 /// One delivery with the event body and every attempt, oldest first.
@@ -185,12 +108,15 @@ pub struct DeliveryDetail {
 /// What to list; every field narrows the result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryFilter {
+    /// The shown state (`held` included).
     pub status: Option<DeliveryState>,
     /// An event id (has `:`), an exact name, or a filter (`lead.*`, `*.delete`).
     pub event: Option<String>,
     pub endpoint: Option<String>,
     /// Only deliveries created at or after this time.
     pub since: Option<SystemTime>,
+    /// Only deliveries created before this time.
+    pub until: Option<SystemTime>,
     /// Only deliveries with a smaller id (paging, newest first).
     pub before: Option<i64>,
     /// How many at most; the admin room applies its default and bounds.
@@ -239,19 +165,33 @@ fn opt_time(t: Option<SystemTime>) -> Option<String> {
     t.map(rfc3339)
 }
 
-/// The columns [`summary`] reads, over `deliveries d JOIN events e`.
-const SUMMARY_COLUMNS: &str =
-    "d.id, e.event_id, e.name, d.endpoint_id, d.record, d.status, d.attempts,
+/// The columns [`summary`] reads, over [`delivery_rows`].
+/// (Its sixth column is [`SHOWN_STATE_SQL`]; a test keeps them equal.)
+const SUMMARY_COLUMNS: &str = "d.id, e.event_id, e.name, d.endpoint_id, d.record,
+        CASE WHEN d.status IN ('pending', 'retrying') AND h.enabled IS FALSE
+        THEN 'held' ELSE d.status END, d.attempts,
         coalesce(d.lease_until > now(), false), d.last_status_code, d.last_error,
-        CASE WHEN d.status IN ('pending', 'retrying') THEN d.next_attempt_at END,
-        e.commit_time, d.created_at, d.updated_at";
+        CASE WHEN d.status IN ('pending', 'retrying') AND h.enabled IS NOT FALSE
+             THEN d.next_attempt_at END,
+        e.commit_time, d.created_at, d.updated_at,
+        CASE WHEN d.status IN ('pending', 'retrying') AND h.enabled IS FALSE
+             THEN coalesce(h.disabled_reason, 'the endpoint is disabled') END";
+
+/// Ledger deliveries with their event and their endpoint's state, as
+/// `d`, `e` and `h`.
+fn delivery_rows(s: &str) -> String {
+    format!(
+        "{s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+         LEFT JOIN {s}.endpoints h ON h.id = d.endpoint_id"
+    )
+}
 
 /// The same columns over `delivered x`: a first attempt that succeeded from
 /// the stream is a delivery with one attempt.
 const DELIVERED_COLUMNS: &str =
     "x.delivery_id, x.event_id, x.event_name, x.endpoint_id, x.record, 'succeeded'::text, 1,
         false, x.status_code::int, NULL::text, NULL::timestamptz,
-        x.commit_time, x.started_at, x.started_at";
+        x.commit_time, x.started_at, x.started_at, NULL::text";
 
 fn summary(r: &Row) -> DeliverySummary {
     DeliverySummary {
@@ -261,6 +201,7 @@ fn summary(r: &Row) -> DeliverySummary {
         endpoint: r.get(3),
         record: r.get(4),
         status: DeliveryState::of_column(r.get(5)),
+        held_reason: r.get(14),
         attempts: r.get(6),
         in_flight: r.get(7),
         last_status_code: r.get(8),
@@ -282,6 +223,8 @@ fn attempt(r: &Row) -> AttemptView {
         error: r.get(6),
         response_excerpt: r.get(7),
         request_headers: r.get(8),
+        location: r.get(9),
+        retry_after: r.get(10),
     }
 }
 
@@ -325,7 +268,11 @@ impl Ledger {
         let s = self.q();
         let rows = client
             .query(
-                &format!("SELECT endpoint_id, status, count(*) FROM {s}.deliveries GROUP BY 1, 2"),
+                &format!(
+                    "SELECT d.endpoint_id, {SHOWN_STATE_SQL}, count(*)
+                     FROM {s}.deliveries d LEFT JOIN {s}.endpoints h ON h.id = d.endpoint_id
+                     GROUP BY 1, 2"
+                ),
                 &[],
             )
             .await?;
@@ -449,7 +396,7 @@ impl Ledger {
             Some(EventMatch::NameLike(p)) => (None, Some(p)),
         };
         let status = f.status.map(|s| s.as_str());
-        let params: [&(dyn ToSql + Sync); 7] = [
+        let params: [&(dyn ToSql + Sync); 8] = [
             &status,
             &event_id,
             &name_like,
@@ -457,17 +404,20 @@ impl Ledger {
             &f.since,
             &f.before,
             &limit,
+            &f.until,
         ];
+        let from = delivery_rows(&s);
         let rows = client
             .query(
                 &format!(
                     "(SELECT {SUMMARY_COLUMNS}
-                      FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
-                      WHERE ($1::text IS NULL OR d.status = $1)
+                      FROM {from}
+                      WHERE ($1::text IS NULL OR {SHOWN_STATE_SQL} = $1)
                         AND ($2::text IS NULL OR e.event_id = $2)
                         AND ($3::text IS NULL OR e.name LIKE $3)
                         AND ($4::text IS NULL OR d.endpoint_id = $4)
                         AND ($5::timestamptz IS NULL OR d.created_at >= $5)
+                        AND ($8::timestamptz IS NULL OR d.created_at < $8)
                         AND ($6::int8 IS NULL OR d.id < $6)
                       ORDER BY d.id DESC LIMIT $7)
                      UNION ALL
@@ -478,6 +428,7 @@ impl Ledger {
                         AND ($3::text IS NULL OR x.event_name LIKE $3)
                         AND ($4::text IS NULL OR x.endpoint_id = $4)
                         AND ($5::timestamptz IS NULL OR x.started_at >= $5)
+                        AND ($8::timestamptz IS NULL OR x.started_at < $8)
                         AND ($6::int8 IS NULL OR x.delivery_id < $6)
                       ORDER BY x.delivery_id DESC LIMIT $7)
                      ORDER BY 1 DESC LIMIT $7"
@@ -495,11 +446,12 @@ impl Ledger {
         id: i64,
     ) -> Result<Option<DeliveryDetail>, LedgerError> {
         let s = self.q();
+        let from = delivery_rows(&s);
         let rows = client
             .query(
                 &format!(
                     "SELECT {SUMMARY_COLUMNS}, e.body
-                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                     FROM {from}
                      WHERE d.id = $1
                      UNION ALL
                      SELECT {DELIVERED_COLUMNS}, e.body
@@ -519,11 +471,12 @@ impl Ledger {
         event_id: &str,
     ) -> Result<Vec<DeliveryDetail>, LedgerError> {
         let s = self.q();
+        let from = delivery_rows(&s);
         let rows = client
             .query(
                 &format!(
                     "SELECT {SUMMARY_COLUMNS}, e.body
-                     FROM {s}.deliveries d JOIN {s}.events e ON e.seq = d.event_seq
+                     FROM {from}
                      WHERE e.event_id = $1
                      UNION ALL
                      SELECT {DELIVERED_COLUMNS}, e.body
@@ -550,11 +503,11 @@ impl Ledger {
             .query(
                 &format!(
                     "SELECT delivery_id, id, started_at, duration_ms, status_code, error_kind, error,
-                            response_excerpt, request_headers
+                            response_excerpt, request_headers, location, retry_after
                      FROM {s}.attempts WHERE delivery_id = ANY($1)
                      UNION ALL
                      SELECT delivery_id, delivery_id, started_at, duration_ms, status_code::int,
-                            NULL, NULL, response_excerpt, '{{}}'::jsonb
+                            NULL, NULL, response_excerpt, '{{}}'::jsonb, NULL, NULL
                      FROM {s}.delivered WHERE delivery_id = ANY($1)
                      ORDER BY 2"
                 ),
@@ -568,7 +521,7 @@ impl Ledger {
             .iter()
             .map(|r| {
                 // A first attempt's event body is kept with keep_bodies = "all".
-                let body = match r.get::<_, Option<String>>(14) {
+                let body = match r.get::<_, Option<String>>(15) {
                     Some(b) => serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)),
                     None => serde_json::Value::Null,
                 };
@@ -606,26 +559,14 @@ mod tests {
     }
 
     #[test]
+    fn summary_shows_the_derived_state() {
+        assert!(SUMMARY_COLUMNS.contains(SHOWN_STATE_SQL));
+    }
+
+    #[test]
     fn timestamps_are_utc_with_millis() {
         let t = UNIX_EPOCH + Duration::from_millis(1_740_126_808_148);
         assert_eq!(rfc3339(t), "2025-02-21T08:33:28.148Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-    }
-
-    #[test]
-    fn states_parse_and_print() {
-        for s in DeliveryState::ALL {
-            assert_eq!(s.as_str().parse::<DeliveryState>().unwrap(), s);
-            assert_eq!(
-                serde_json::to_value(s).unwrap(),
-                serde_json::json!(s.as_str())
-            );
-        }
-        assert_eq!(
-            "failed".parse::<DeliveryState>().unwrap(),
-            DeliveryState::Retrying
-        );
-        let err = "lost".parse::<DeliveryState>().unwrap_err().to_string();
-        assert!(err.contains("`lost`"), "{err}");
     }
 }

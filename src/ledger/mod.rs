@@ -4,7 +4,9 @@
 //!
 //! - [`queue`]: claiming, recording and re-queueing deliveries, with every
 //!   guard (lease, state) inside the SQL statement that writes.
-//! - [`history`]: what operators read (status, deliveries, attempts).
+//! - [`history`]: what operators read (status, deliveries, attempts);
+//!   [`states`]: delivery states, stored and derived (`held`).
+//! - [`requeue`]: re-queueing deliveries by a filter, resending an event.
 //! - [`schema`]: the DDL; [`notify`]: waking dispatchers.
 //! - [`prune`]: retention (what old history goes) and the ledger's size.
 //!
@@ -21,8 +23,10 @@ pub mod objects;
 pub mod open;
 pub mod prune;
 pub mod queue;
+pub mod requeue;
 pub mod schema;
 pub mod spill;
+pub mod states;
 
 pub use notify::notify_channel;
 
@@ -135,11 +139,15 @@ impl Ledger {
 
     /// Fails with `NotSetUp` when `walhook setup` has not created the schema.
     pub async fn ensure_exists(&self, client: &Client) -> Result<(), LedgerError> {
+        let (table, column) = schema::NEWEST_COLUMN;
         let row = client
             .query_one(
                 "SELECT to_regclass(format('%I.events', $1::text)) IS NOT NULL,
-                        to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
-                &[&self.schema, &schema::NEWEST_TABLE],
+                        to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM pg_attribute
+                                    WHERE attrelid = to_regclass(format('%I.%I', $1::text, $3::text))
+                                      AND attname::text = $4::text AND NOT attisdropped)",
+                &[&self.schema, &schema::NEWEST_TABLE, &table, &column],
             )
             .await?;
         match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {

@@ -74,6 +74,9 @@ pub struct AttemptRow {
     pub response_excerpt: Option<String>,
     /// JSON object of the request headers.
     pub request_headers: String,
+    /// The response's `Location` and `Retry-After` headers, as received.
+    pub location: Option<String>,
+    pub retry_after: Option<String>,
     pub next: NextState,
 }
 
@@ -222,6 +225,8 @@ impl Ledger {
         let mut durations = Vec::with_capacity(n);
         let mut excerpts = Vec::with_capacity(n);
         let mut headers = Vec::with_capacity(n);
+        let mut locations = Vec::with_capacity(n);
+        let mut retry_afters = Vec::with_capacity(n);
         for r in rows {
             ids.push(r.delivery_id);
             let (st, at) = match r.next {
@@ -238,6 +243,8 @@ impl Ledger {
             durations.push(r.duration_ms);
             excerpts.push(r.response_excerpt.as_deref());
             headers.push(r.request_headers.as_str());
+            locations.push(r.location.as_deref());
+            retry_afters.push(r.retry_after.as_deref());
         }
         // One statement, so one round trip and atomic without BEGIN/COMMIT:
         // the update keeps only rows whose lease is still ours, and only
@@ -246,8 +253,19 @@ impl Ledger {
             .query_one(
                 &record_sql(&s),
                 &[
-                    &ids, &status, &next_at, &codes, &errors, &started, &durations, &kinds,
-                    &excerpts, &headers, &owner,
+                    &ids,
+                    &status,
+                    &next_at,
+                    &codes,
+                    &errors,
+                    &started,
+                    &durations,
+                    &kinds,
+                    &excerpts,
+                    &headers,
+                    &owner,
+                    &locations,
+                    &retry_afters,
                 ],
             )
             .await?;
@@ -356,24 +374,11 @@ impl Ledger {
         client: &Client,
         endpoint: Option<&str>,
     ) -> Result<u64, LedgerError> {
-        let s = self.q();
-        let n = client
-            .execute(
-                &format!(
-                    "UPDATE {s}.deliveries
-                        SET status = 'retrying', next_attempt_at = now(), cycle_started_at = now(),
-                            cycle_attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = now()
-                      WHERE status IN ('retrying', 'disabled')
-                        AND (lease_until IS NULL OR lease_until < now())
-                        AND ($1::text IS NULL OR endpoint_id = $1)"
-                ),
-                &[&endpoint],
-            )
-            .await?;
-        if n > 0 {
-            self.notify(client).await?;
-        }
-        Ok(n)
+        let f = super::requeue::RequeueFilter {
+            endpoint: endpoint.map(str::to_string),
+            ..Default::default()
+        };
+        self.requeue(client, &f, false).await
     }
 
     /// Switch an endpoint on or off if it is not already; returns whether it
@@ -559,8 +564,9 @@ fn record_sql(s: &str) -> String {
         "WITH r AS (
            SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::int4[],
                                 $5::text[], $6::timestamptz[], $7::int4[], $8::text[],
-                                $9::text[], $10::text[])
-             AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers)
+                                $9::text[], $10::text[], $12::text[], $13::text[])
+             AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers,
+                  location, retry_after)
          ), upd AS (
            UPDATE {s}.deliveries d
               SET status = r.status,
@@ -576,8 +582,9 @@ fn record_sql(s: &str) -> String {
          ), ins AS (
            INSERT INTO {s}.attempts
              (delivery_id, started_at, duration_ms, status_code, error_kind, error,
-              response_excerpt, request_headers)
-           SELECT r.id, r.started, r.dur, r.code, r.kind, r.err, r.excerpt, r.headers::jsonb
+              response_excerpt, request_headers, location, retry_after)
+           SELECT r.id, r.started, r.dur, r.code, r.kind, r.err, r.excerpt, r.headers::jsonb,
+                  r.location, r.retry_after
            FROM r JOIN upd USING (id)
            RETURNING 1
          )

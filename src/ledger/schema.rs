@@ -25,6 +25,10 @@ pub const TABLES: [&str; 10] = [
 /// up to date with this version.
 pub const NEWEST_TABLE: &str = TABLES[TABLES.len() - 1];
 
+/// The column `walhook setup` added last to a table that already existed,
+/// as (table, column): a ledger without it is outdated too.
+pub const NEWEST_COLUMN: (&str, &str) = ("attempts", "retry_after");
+
 impl Ledger {
     /// The ledger's tables that do not exist (all of them before `walhook setup`).
     pub async fn missing_tables(&self, client: &Client) -> Result<Vec<String>, LedgerError> {
@@ -123,8 +127,15 @@ const DDL: &[&str] = &[
     error_kind       text,
     error            text,
     response_excerpt text,
-    request_headers  jsonb NOT NULL
+    request_headers  jsonb NOT NULL,
+    location         text,
+    retry_after      text
 )"#,
+    // Ledgers made before attempts kept the response's Location and
+    // Retry-After headers.
+    r#"ALTER TABLE {schema}.attempts
+    ADD COLUMN IF NOT EXISTS location text,
+    ADD COLUMN IF NOT EXISTS retry_after text"#,
     r#"CREATE INDEX IF NOT EXISTS attempts_delivery ON {schema}.attempts (delivery_id)"#,
     // One narrow row per first attempt that succeeded straight from the
     // stream (no deliveries row); its id comes from the deliveries' sequence,

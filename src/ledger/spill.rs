@@ -29,7 +29,7 @@ pub enum SpillState {
     /// which records the attempt when it ends.
     Leased,
     /// Its first attempt failed: `retrying` (or `disabled`) with that attempt.
-    Failed(AttemptRow),
+    Failed(Box<AttemptRow>),
 }
 
 /// One delivery to spill.
@@ -83,7 +83,7 @@ impl Ledger {
             .filter_map(|(r, id)| match (&r.state, id) {
                 (SpillState::Failed(a), Some(id)) => Some(AttemptRow {
                     delivery_id: *id,
-                    ..a.clone()
+                    ..(**a).clone()
                 }),
                 _ => None,
             })
@@ -237,17 +237,30 @@ impl Ledger {
         let excerpts: Vec<Option<&str>> =
             rows.iter().map(|r| r.response_excerpt.as_deref()).collect();
         let headers: Vec<&str> = rows.iter().map(|r| r.request_headers.as_str()).collect();
+        let locations: Vec<Option<&str>> = rows.iter().map(|r| r.location.as_deref()).collect();
+        let retry_afters: Vec<Option<&str>> =
+            rows.iter().map(|r| r.retry_after.as_deref()).collect();
         tx.execute(
             &format!(
                 "INSERT INTO {s}.attempts
                    (delivery_id, started_at, duration_ms, status_code, error_kind, error,
-                    response_excerpt, request_headers)
-                 SELECT i, st, d, c, k, e, x, h::jsonb
+                    response_excerpt, request_headers, location, retry_after)
+                 SELECT i, st, d, c, k, e, x, h::jsonb, l, ra
                  FROM unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::int4[], $5::text[],
-                             $6::text[], $7::text[], $8::text[]) AS a(i, st, d, c, k, e, x, h)"
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                   AS a(i, st, d, c, k, e, x, h, l, ra)"
             ),
             &[
-                &ids, &started, &durations, &codes, &kinds, &errors, &excerpts, &headers,
+                &ids,
+                &started,
+                &durations,
+                &codes,
+                &kinds,
+                &errors,
+                &excerpts,
+                &headers,
+                &locations,
+                &retry_afters,
             ],
         )
         .await?;

@@ -21,6 +21,7 @@ mod fast_path;
 mod http_attempt;
 mod ledger_db;
 mod listen;
+mod operations;
 mod policy;
 mod retention;
 mod retry_race;

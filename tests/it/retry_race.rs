@@ -89,6 +89,8 @@ impl Dispatcher<'_> {
             error: Some("HTTP 500".into()),
             response_excerpt: None,
             request_headers: "{}".into(),
+            location: None,
+            retry_after: None,
             next: NextState::RetryAt(now - 1000),
         };
         let kept = self

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use super::auth::bearer;
 use super::{AdminState, ApiError, PAGE};
 use crate::admin::ping::ping_with;
-use crate::admin::reports::{AdminError, DeliveryFilter, configured_endpoint, parse_since};
+use crate::admin::reports::{
+    AdminError, DeliveryFilter, configured_endpoint, parse_since, parse_time,
+};
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"
@@ -114,6 +116,7 @@ pub struct DeliveriesQuery {
     pub event: Option<String>,
     pub endpoint: Option<String>,
     pub since: Option<String>,
+    pub until: Option<String>,
     pub before: Option<String>,
     pub limit: Option<String>,
 }
@@ -140,6 +143,9 @@ impl DeliveriesQuery {
             endpoint: non_empty(&self.endpoint).map(str::to_string),
             since: non_empty(&self.since)
                 .map(|s| parse_since(s, now))
+                .transpose()?,
+            until: non_empty(&self.until)
+                .map(|s| parse_time("until", s, now))
                 .transpose()?,
             before: int("before", non_empty(&self.before))?,
             limit: int("limit", non_empty(&self.limit))?,
@@ -273,6 +279,7 @@ mod tests {
             event: Some("".into()),
             endpoint: Some("crm".into()),
             since: Some("1h".into()),
+            until: None,
             before: None,
             limit: Some("10".into()),
         };

@@ -6,6 +6,7 @@
 //! - `handlers`: one function per route.
 //! - `backfills`: the `/api/backfills` routes.
 //! - `metrics`: the Prometheus text exposition.
+//! - `operations`: re-queueing by a filter, resending an event.
 //! - `server`: binding and serving with graceful shutdown.
 //!
 //! Promises:
@@ -23,6 +24,7 @@ mod auth;
 mod backfills;
 mod handlers;
 mod metrics;
+mod operations;
 mod server;
 
 pub use handlers::DeliveriesQuery;
@@ -101,9 +103,10 @@ impl From<AdminError> for ApiError {
             AdminError::BadRequest { .. } | AdminError::UnknownState(_) => {
                 ApiError::BadRequest(e.to_string())
             }
-            AdminError::AlreadySucceeded(_) | AdminError::InFlight(_) => {
-                ApiError::Conflict(e.to_string())
-            }
+            AdminError::AlreadySucceeded(_)
+            | AdminError::InFlight(_)
+            | AdminError::BodyNotKept(_)
+            | AdminError::ResendOpen { .. } => ApiError::Conflict(e.to_string()),
             AdminError::Ledger(LedgerError::NotSetUp { .. }) => {
                 ApiError::Unavailable(e.to_string())
             }
@@ -255,6 +258,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/deliveries/retry-failed", post(retry_failed))
         .route("/api/deliveries/{id}", get(show_delivery))
         .route("/api/deliveries/{id}/retry", post(retry_delivery))
+        .route("/api/deliveries/retry", post(operations::retry_filtered))
+        .route("/api/events/{id}/resend", post(operations::resend_event))
         .route("/api/endpoints", get(list_endpoints))
         .route("/api/endpoints/{id}/enable", post(enable_endpoint))
         .route("/api/endpoints/{id}/disable", post(disable_endpoint))

@@ -173,7 +173,7 @@ impl Engine {
         let endpoint = self.eps[ep].id.clone();
         outcome::observe(&self.deps.metrics, &endpoint, &done.record, next);
         let row = outcome::attempt_row(0, &endpoint, &done.record, &done.headers, next);
-        let failed = (done.id, SpillState::Failed(row));
+        let failed = (done.id, SpillState::Failed(Box::new(row)));
         if self.per_record {
             let key = (ep, d.ev.record.clone());
             self.spill_record(&key, Some(failed));
