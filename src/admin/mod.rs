@@ -26,5 +26,6 @@ pub mod ping;
 pub mod prune;
 pub mod render;
 pub mod reports;
+pub mod subscriptions;
 
 pub use reports::AdminError;

@@ -99,9 +99,12 @@ pub struct SlotStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointState {
     pub id: String,
-    /// Present in the config (an endpoint removed from the config keeps its
-    /// ledger row and deliveries).
+    /// Present in the config or made through the API (an endpoint removed
+    /// from the config keeps its ledger row and deliveries).
     pub configured: bool,
+    /// `config` (the config file), `api` (made at runtime), or none (known
+    /// only from the ledger).
+    pub source: Option<&'static str>,
     /// `scheme://host:port` of the URL; path and query may hold credentials.
     pub target: Option<String>,
     pub events: Vec<String>,
@@ -261,6 +264,7 @@ impl EndpointState {
         EndpointState {
             id: id.to_string(),
             configured: false,
+            source: None,
             target: None,
             events: Vec::new(),
             signing: Vec::new(),
@@ -276,10 +280,23 @@ impl EndpointState {
     fn configured(ep: &EndpointConfig) -> EndpointState {
         EndpointState {
             configured: true,
+            source: Some("config"),
             target: Some(url_origin(&ep.url)),
             events: ep.events.clone(),
             signing: ep.signing.iter().map(|s| scheme_name(*s).into()).collect(),
             timeout_ms: Some(ep.timeout.as_millis() as u64),
+            ..EndpointState::unconfigured(&ep.id)
+        }
+    }
+
+    fn runtime(ep: &crate::admin::subscriptions::RuntimeView) -> EndpointState {
+        EndpointState {
+            configured: true,
+            source: Some("api"),
+            target: Some(ep.target.clone()),
+            events: ep.events.clone(),
+            signing: ep.signing.clone(),
+            timeout_ms: Some(ep.timeout_ms.max(0) as u64),
             ..EndpointState::unconfigured(&ep.id)
         }
     }
@@ -365,6 +382,12 @@ impl<'a> Reports<'a> {
         for ep in &self.cfg.endpoints {
             let st = EndpointState::configured(ep);
             out.push(st.with_ledger(rows.remove(&ep.id), counts.remove(&ep.id)));
+        }
+        for row in self.ledger.runtime_endpoints(client).await? {
+            if self.cfg.endpoint(&row.id).is_none() {
+                let st = EndpointState::runtime(&crate::admin::subscriptions::RuntimeView::of(&row));
+                out.push(st.with_ledger(rows.remove(&row.id), counts.remove(&row.id)));
+            }
         }
         // Endpoints no longer configured but still holding deliveries or state.
         let mut others: Vec<String> = rows.keys().chain(counts.keys()).cloned().collect();

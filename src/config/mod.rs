@@ -23,8 +23,10 @@ pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
 pub use self::types::{
     AdminConfig, DeliveryConfig, EndpointConfig, ExtraHeader, HeaderPrefix, KeepBodies,
     LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme,
-    SourceConfig,
+    SourceConfig, DEFAULT_SECRETS_KEY_ENV,
 };
+pub use self::parse::check_event_filters;
+pub use self::validate::{endpoint_url, valid_endpoint_id};
 pub use crate::secret::Secret;
 
 /// The whole, validated configuration.
