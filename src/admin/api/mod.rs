@@ -4,6 +4,7 @@
 //!
 //! - `auth`: the bearer token and the same-origin and host guards.
 //! - `handlers`: one function per route.
+//! - `endpoints`: the subscriptions API (runtime endpoints).
 //! - `metrics`: the Prometheus text exposition.
 //! - `server`: binding and serving with graceful shutdown.
 //!
@@ -19,6 +20,7 @@
 //! - [`router`] is separate from serving it, so tests drive it directly.
 
 mod auth;
+mod endpoints;
 mod handlers;
 mod metrics;
 mod server;
@@ -33,7 +35,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use tokio_postgres::Client;
 
@@ -253,7 +255,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/deliveries/retry-failed", post(retry_failed))
         .route("/api/deliveries/{id}", get(show_delivery))
         .route("/api/deliveries/{id}/retry", post(retry_delivery))
-        .route("/api/endpoints", get(list_endpoints))
+        .route(
+            "/api/endpoints",
+            get(list_endpoints).post(endpoints::create_endpoint),
+        )
+        .route(
+            "/api/endpoints/{id}",
+            patch(endpoints::update_endpoint).delete(endpoints::delete_endpoint),
+        )
+        .route(
+            "/api/endpoints/{id}/rotate-secret",
+            post(endpoints::rotate_secret),
+        )
         .route("/api/endpoints/{id}/enable", post(enable_endpoint))
         .route("/api/endpoints/{id}/disable", post(disable_endpoint))
         .route("/api/endpoints/{id}/ping", post(ping_endpoint))
