@@ -385,7 +385,8 @@ impl<'a> Reports<'a> {
         }
         for row in self.ledger.runtime_endpoints(client).await? {
             if self.cfg.endpoint(&row.id).is_none() {
-                let st = EndpointState::runtime(&crate::admin::subscriptions::RuntimeView::of(&row));
+                let st =
+                    EndpointState::runtime(&crate::admin::subscriptions::RuntimeView::of(&row));
                 out.push(st.with_ledger(rows.remove(&row.id), counts.remove(&row.id)));
             }
         }

@@ -115,7 +115,9 @@ impl RuntimeView {
             .map(|u| url_origin(&u))
             .unwrap_or_default();
         let old_secret_until = match (&row.old_secret, row.old_until) {
-            (Some(_), Some(at)) if at > SystemTime::now() => Some(humantime::format_rfc3339_seconds(at).to_string()),
+            (Some(_), Some(at)) if at > SystemTime::now() => {
+                Some(humantime::format_rfc3339_seconds(at).to_string())
+            }
             _ => None,
         };
         RuntimeView {
@@ -193,9 +195,8 @@ impl<'a> Subscriptions<'a> {
         let new = NewRuntime {
             url: check_url(&req.url)?,
             events: check_events(req.events.unwrap_or_else(|| vec!["*".into()]))?,
-            signing: check_signing(req.signing.as_deref())?.unwrap_or_else(|| {
-                vec![SigningScheme::Superleap, SigningScheme::StandardWebhooks]
-            }),
+            signing: check_signing(req.signing.as_deref())?
+                .unwrap_or_else(|| vec![SigningScheme::Superleap, SigningScheme::StandardWebhooks]),
             timeout: check_timeout(req.timeout.unwrap_or(Duration::from_secs(10)))?,
             id: req.id,
         };

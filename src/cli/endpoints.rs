@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use walhook::admin::subscriptions::{
-    AddRequest, Removed, RuntimeView, Subscriptions, SubsError, UpdateRequest, WithSecret,
+    AddRequest, Removed, RuntimeView, SubsError, Subscriptions, UpdateRequest, WithSecret,
 };
 use walhook::admin::{ping, render, reports};
 use walhook::config::{Config, duration_from_str};
@@ -195,11 +195,10 @@ async fn runtime(
                 signing,
                 timeout,
             };
-            let out = subs
-                .update(&mut client, &id, req)
-                .await
-                .map_err(in_file)?;
-            print_out(json, &out, |v| format!("endpoint {} updated\n{}", v.id, view(v)))?;
+            let out = subs.update(&mut client, &id, req).await.map_err(in_file)?;
+            print_out(json, &out, |v| {
+                format!("endpoint {} updated\n{}", v.id, view(v))
+            })?;
         }
         EndpointsCommand::Remove { id, json } => {
             let mut client = admin_connect(cfg).await?;

@@ -20,12 +20,12 @@ use std::path::Path;
 
 pub use self::duration::duration_from_str;
 pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
-pub use self::types::{
-    AdminConfig, DeliveryConfig, EndpointConfig, ExtraHeader, HeaderPrefix, KeepBodies,
-    LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme,
-    SourceConfig, DEFAULT_SECRETS_KEY_ENV,
-};
 pub use self::parse::check_event_filters;
+pub use self::types::{
+    AdminConfig, DEFAULT_SECRETS_KEY_ENV, DeliveryConfig, EndpointConfig, ExtraHeader,
+    HeaderPrefix, KeepBodies, LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig,
+    SigningScheme, SourceConfig,
+};
 pub use self::validate::{endpoint_url, valid_endpoint_id};
 pub use crate::secret::Secret;
 

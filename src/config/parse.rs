@@ -514,7 +514,9 @@ fn is_event_filter(f: &str) -> bool {
 }
 
 fn event_filters<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    checked(d, |events: Vec<String>| check_event_filters(&events).map(|()| events))
+    checked(d, |events: Vec<String>| {
+        check_event_filters(&events).map(|()| events)
+    })
 }
 
 /// Whether `events` is a valid `events` list of an endpoint: not empty,

@@ -460,10 +460,7 @@ impl Validator<'_> {
         }
         let secrets_key_env = file.secrets_key_env.trim().to_owned();
         if secrets_key_env.is_empty() {
-            return Err(self.invalid(
-                "admin.secrets_key_env",
-                "must name an environment variable",
-            ));
+            return Err(self.invalid("admin.secrets_key_env", "must name an environment variable"));
         }
         let secrets_key = match (self.env)(&secrets_key_env) {
             Some(text) if !text.trim().is_empty() => {

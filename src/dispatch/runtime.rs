@@ -59,9 +59,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(RuntimeWatch, impl Future<Output = ()>), LedgerError> {
     let ledger = Ledger::new(&cfg.ledger.schema);
-    let db = pg::connect(cfg.ledger_url(), "walhook endpoints", pg::DEFAULT_LOGIN_TIMEOUT)
-        .await
-        .map_err(LedgerError::from)?;
+    let db = pg::connect(
+        cfg.ledger_url(),
+        "walhook endpoints",
+        pg::DEFAULT_LOGIN_TIMEOUT,
+    )
+    .await
+    .map_err(LedgerError::from)?;
     let first = load(&cfg, &ledger, &db, &mut Warned::default()).await?;
     let (tx, rx) = watch::channel(Arc::new(first));
     Ok((rx, keep(cfg, ledger, tx, shutdown)))

@@ -81,7 +81,10 @@ pub fn scheme_name(s: SigningScheme) -> &'static str {
 }
 
 fn scheme_names(schemes: &[SigningScheme]) -> Vec<String> {
-    schemes.iter().map(|s| scheme_name(*s).to_string()).collect()
+    schemes
+        .iter()
+        .map(|s| scheme_name(*s).to_string())
+        .collect()
 }
 
 fn millis(d: Duration) -> i64 {
@@ -145,7 +148,8 @@ impl RuntimeRow {
     }
 }
 
-const COLUMNS: &str = "id, url, events, signing, timeout_ms, secret, old_secret, old_until, version,
+const COLUMNS: &str =
+    "id, url, events, signing, timeout_ms, secret, old_secret, old_until, version,
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at,
      to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS updated_at";
 
@@ -183,9 +187,7 @@ impl Ledger {
         let s = quote_ident(self.schema());
         let row = client
             .query_one(
-                &format!(
-                    "SELECT count(*), coalesce(max(version), 0) FROM {s}.runtime_endpoints"
-                ),
+                &format!("SELECT count(*), coalesce(max(version), 0) FROM {s}.runtime_endpoints"),
                 &[],
             )
             .await?;
@@ -344,7 +346,11 @@ impl Ledger {
 
     /// Disables the open deliveries of endpoints in `ids` that are not (or
     /// no longer) runtime endpoints, with [`REMOVED_REASON`]. Returns how many.
-    pub async fn disable_removed(&self, client: &Client, ids: &[String]) -> Result<u64, LedgerError> {
+    pub async fn disable_removed(
+        &self,
+        client: &Client,
+        ids: &[String],
+    ) -> Result<u64, LedgerError> {
         let s = quote_ident(self.schema());
         Ok(client
             .execute(

@@ -23,6 +23,7 @@ mod listen;
 mod policy;
 mod retention;
 mod retry_race;
+mod runtime_endpoints;
 mod secrets;
 mod setup_errors;
 mod startup;

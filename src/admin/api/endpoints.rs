@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio_postgres::Client;
 
 use super::{AdminState, ApiError, DB_TIMEOUT};
-use crate::admin::subscriptions::{AddRequest, Subscriptions, SubsError, UpdateRequest};
+use crate::admin::subscriptions::{AddRequest, SubsError, Subscriptions, UpdateRequest};
 use crate::config::duration_from_str;
 
 impl From<SubsError> for ApiError {

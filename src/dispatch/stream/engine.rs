@@ -21,8 +21,8 @@ use super::writer::{self, DeliveredItem, HistoryJob, SpillDone, SpillItem, Spill
 use super::{Ev, StreamDeps, StreamError};
 use crate::config::{EndpointConfig, KeepBodies, Ordering};
 use crate::dispatch::http::AttemptRecord;
-use crate::dispatch::runtime::RuntimeWatch;
 use crate::dispatch::outcome::BatchOutcomes;
+use crate::dispatch::runtime::RuntimeWatch;
 use crate::event::stream::{Captured, StreamItem};
 use crate::ledger::queue::AttemptRow;
 use crate::ledger::spill::SpillState;
