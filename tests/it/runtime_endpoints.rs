@@ -129,163 +129,143 @@ async fn wait_ready(base: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_endpoints_are_created_used_rotated_moved_and_removed_while_running() {
-    let fixed = Receiver::start(Behaviour::AlwaysOk).await;
-    let first = Receiver::start(Behaviour::AlwaysOk).await;
-    let second = Receiver::start(Behaviour::AlwaysOk).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let cfg_ep = format!(
-        "[[endpoints]]\nid = \"fixed\"\nurl = \"{}fixed\"\nsecret = \"fixed-secret\"\n",
-        fixed.url()
-    );
-    let admin = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n");
-    let s = prepare("runtime_api", &cfg_ep, &admin).await;
-    let env = [(KEY_ENV, key())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Capture and the API in one process, dispatch in another.
-    let mut capture = Daemon::spawn_env(&s.config, &["--no-dispatch"], None, &env);
-    let mut dispatch = Daemon::spawn_env(&s.config, &["--no-capture", "--no-admin"], None, &env);
-    wait_ready(&base).await;
+/// The API scenario: capture and the API in one process, dispatch in
+/// another; a config endpoint `fixed` shows an event was handled.
+struct Api {
+    base: String,
+    s: Setup,
+    fixed: Receiver,
+    first: Receiver,
+    second: Receiver,
+}
 
-    // Created: the secret is in this answer only.
-    let body = json!({"id": "subs", "url": format!("{}one", first.url()), "events": ["lead.*"]});
-    let (status, created) = call(&base, "POST", "/api/endpoints", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let secret1 = created["secret"].as_str().expect("secret").to_string();
-    assert!(secret1.starts_with("whsec_"), "{created}");
-    let (_, again) = call(
-        &base,
-        "POST",
-        "/api/endpoints",
-        Some(json!({"id": "subs", "url": first.url()})),
-    )
-    .await;
-    assert!(
-        again["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already exists"),
-        "{again}"
-    );
-
-    insert(&s.client, "a").await;
-    let r = request_for(&first, "a").await;
-    assert_eq!(
-        signed_by(&r, &secret1),
-        (true, true),
-        "signed with the returned secret"
-    );
-
-    // Rotated: both secrets sign during the keep-old period.
-    let (status, rotated) = call(
-        &base,
-        "POST",
-        "/api/endpoints/subs/rotate-secret",
-        Some(json!({"keep_old": "1h"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{rotated}");
-    let secret2 = rotated["secret"].as_str().expect("new secret").to_string();
-    assert_ne!(secret1, secret2);
-    assert!(
-        rotated["endpoint"]["old_secret_until"].is_string(),
-        "{rotated}"
-    );
-    // Processes pick the change up within their poll at the latest.
-    wait_until(WAIT, "a delivery signed with both secrets", || async {
-        let id = format!("b{}", rand_suffix());
-        insert(&s.client, &id).await;
-        let r = request_for(&first, &id).await;
-        let (new_sl, new_sw) = signed_by(&r, &secret2);
-        let (_, old_sw) = signed_by(&r, &secret1);
-        (new_sl && new_sw && old_sw).then_some(())
-    })
-    .await;
-
-    // Moved: the next deliveries go to the new URL.
-    let (status, patched) = call(
-        &base,
-        "PATCH",
-        "/api/endpoints/subs",
-        Some(json!({"url": format!("{}two", second.url())})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{patched}");
-    wait_until(WAIT, "deliveries at the new URL", || async {
-        let id = format!("c{}", rand_suffix());
-        insert(&s.client, &id).await;
-        // Captured and handled (the config endpoint got it).
-        request_for(&fixed, &id).await;
-        tokio::time::timeout(Duration::from_secs(3), request_for(&second, &id))
-            .await
-            .ok()
-    })
-    .await;
-
-    // Config endpoints are read-only here.
-    for (method, path) in [
-        ("PATCH", "/api/endpoints/fixed"),
-        ("DELETE", "/api/endpoints/fixed"),
-        ("POST", "/api/endpoints/fixed/rotate-secret"),
-    ] {
-        let body = (method != "DELETE").then(|| json!({}));
-        let (status, answer) = call(&base, method, path, body).await;
-        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {answer}");
-        assert!(
-            answer["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("config file"),
-            "{answer}"
-        );
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(&self.base, method, path, body).await
     }
 
-    // Listed with their source, never with a secret.
-    let (status, list) = call(&base, "GET", "/api/endpoints", None).await;
-    assert_eq!(status, StatusCode::OK);
-    let text = list.to_string();
-    let source = |id: &str| {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == id)
-            .map(|e| e["source"].clone())
-    };
-    assert_eq!(source("subs"), Some(json!("api")), "{text}");
-    assert_eq!(source("fixed"), Some(json!("config")), "{text}");
-
-    // Secrets: not in the list's answer nor in the table (its file on disk
-    // included) in clear; both are stored while the old one still signs.
-    s.client
-        .batch_execute("CHECKPOINT")
-        .await
-        .expect("checkpoint");
-    let in_file = |needle: String| {
-        let client = &s.client;
-        async move {
-            let r = client
-                .query_one(
-                    "SELECT position(convert_to($1, 'UTF8') IN pg_read_binary_file(pg_relation_filepath('walhook.runtime_endpoints')))",
-                    &[&needle],
-                )
+    /// Inserts new leads until one reaches `rx` (a change reaches every
+    /// process within its poll at the latest); returns its request.
+    async fn delivered_to(&self, rx: &Receiver, what: &str) -> RecordedRequest {
+        wait_until(WAIT, what, || async {
+            let id = format!("l{}", rand_suffix());
+            insert(&self.s.client, &id).await;
+            // Captured and handled: the config endpoint got it.
+            request_for(&self.fixed, &id).await;
+            tokio::time::timeout(Duration::from_secs(3), request_for(rx, &id))
                 .await
-                .expect("read the table's file");
-            r.get::<_, i32>(0) > 0
-        }
-    };
-    // The file is what was read (the endpoint's id and URL are in clear).
-    assert!(in_file(format!("{}two", second.url())).await);
-    for secret in [&secret1, &secret2] {
-        let bare = secret.trim_start_matches("whsec_");
-        assert!(!text.contains(bare), "the endpoint list shows a secret");
-        assert!(
-            !in_file(bare.to_string()).await,
-            "the table file holds a secret in clear"
+                .ok()
+        })
+        .await
+    }
+
+    async fn create(&self) -> String {
+        let url = format!("{}one", self.first.url());
+        let body = json!({"id": "subs", "url": url, "events": ["lead.*"]});
+        let (status, created) = self
+            .call("POST", "/api/endpoints", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let secret = created["secret"].as_str().expect("secret").to_string();
+        assert!(secret.starts_with("whsec_"), "{created}");
+        let (status, again) = self.call("POST", "/api/endpoints", Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{again}");
+        let r = self
+            .delivered_to(&self.first, "a delivery to the new endpoint")
+            .await;
+        assert_eq!(
+            signed_by(&r, &secret),
+            (true, true),
+            "signed with the returned secret"
         );
-        let row: String = s
+        secret
+    }
+
+    async fn rotate(&self, old: &str) -> String {
+        let body = json!({"keep_old": "1h"});
+        let path = "/api/endpoints/subs/rotate-secret";
+        let (status, rotated) = self.call("POST", path, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{rotated}");
+        let new = rotated["secret"].as_str().expect("new secret").to_string();
+        assert_ne!(old, new);
+        assert!(
+            rotated["endpoint"]["old_secret_until"].is_string(),
+            "{rotated}"
+        );
+        wait_until(WAIT, "a delivery signed with both secrets", || async {
+            let r = self.delivered_to(&self.first, "a delivery").await;
+            let (new_sl, new_sw) = signed_by(&r, &new);
+            (new_sl && new_sw && signed_by(&r, old).1).then_some(())
+        })
+        .await;
+        new
+    }
+
+    async fn move_url(&self) {
+        let body = json!({"url": format!("{}two", self.second.url())});
+        let (status, patched) = self.call("PATCH", "/api/endpoints/subs", Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{patched}");
+        self.delivered_to(&self.second, "deliveries at the new URL")
+            .await;
+    }
+
+    async fn config_endpoints_are_read_only(&self) {
+        for (method, path) in [
+            ("PATCH", "/api/endpoints/fixed"),
+            ("DELETE", "/api/endpoints/fixed"),
+            ("POST", "/api/endpoints/fixed/rotate-secret"),
+        ] {
+            let body = (method != "DELETE").then(|| json!({}));
+            let (status, answer) = self.call(method, path, body).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(message.contains("config file"), "{answer}");
+        }
+    }
+
+    /// Both kinds listed with their source; the answer's text.
+    async fn list(&self) -> String {
+        let (status, list) = self.call("GET", "/api/endpoints", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let source = |id: &str| {
+            let all = list.as_array().expect("a list");
+            all.iter()
+                .find(|e| e["id"] == id)
+                .map(|e| e["source"].clone())
+        };
+        assert_eq!(source("subs"), Some(json!("api")), "{list}");
+        assert_eq!(source("fixed"), Some(json!("config")), "{list}");
+        list.to_string()
+    }
+
+    /// Whether the table's file on disk holds `needle`.
+    async fn in_table_file(&self, needle: &str) -> bool {
+        let r = self
+            .s
             .client
+            .query_one(
+                "SELECT position(convert_to($1, 'UTF8') IN pg_read_binary_file(pg_relation_filepath('walhook.runtime_endpoints')))",
+                &[&needle],
+            )
+            .await
+            .expect("read the table's file");
+        r.get::<_, i32>(0) > 0
+    }
+
+    /// Neither secret is in the table (its file on disk included) in
+    /// clear; both are stored while the old one still signs.
+    async fn secrets_sealed(&self, secrets: [&str; 2]) {
+        let client = &self.s.client;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .expect("checkpoint");
+        // The file is what was read: the URL is in clear.
+        assert!(
+            self.in_table_file(&format!("{}two", self.second.url()))
+                .await
+        );
+        let rows: String = client
             .query_one(
                 "SELECT coalesce(string_agg(t::text, ''), '') FROM walhook.runtime_endpoints t",
                 &[],
@@ -293,50 +273,84 @@ async fn api_endpoints_are_created_used_rotated_moved_and_removed_while_running(
             .await
             .unwrap()
             .get(0);
-        assert!(!row.contains(bare));
+        for secret in secrets {
+            let bare = secret.trim_start_matches("whsec_");
+            assert!(
+                !self.in_table_file(bare).await,
+                "the table file holds a secret in clear"
+            );
+            assert!(!rows.contains(bare), "the table holds a secret in clear");
+        }
     }
-    // Removed: no deliveries for events after it.
-    let (status, removed) = call(&base, "DELETE", "/api/endpoints/subs", None).await;
-    assert_eq!(status, StatusCode::OK, "{removed}");
-    let late = wait_until(WAIT, "the removal reaches capture", || async {
-        let id = format!("d{}", rand_suffix());
-        let lsn = insert(&s.client, &id).await;
-        app::wait_slot_confirmed(&s.client, &s.db.name, &lsn, WAIT).await;
-        let n: i64 = s
-            .client
-            .query_one("SELECT count(*) FROM walhook.deliveries d JOIN walhook.events e ON e.seq = d.event_seq WHERE d.endpoint_id = 'subs' AND e.record_key = $1", &[&id])
-            .await
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(id)
-    })
-    .await;
-    assert!(
-        !String::from_utf8_lossy(
-            &second
-                .requests()
-                .iter()
-                .flat_map(|r| r.body.to_vec())
-                .collect::<Vec<u8>>()
-        )
-        .contains(&format!("\"{late}\"")),
-        "a removed endpoint got an event"
-    );
 
-    // Nor in either process's log.
+    /// Removed: events after it get no delivery to it.
+    async fn remove(&self) {
+        let (status, removed) = self.call("DELETE", "/api/endpoints/subs", None).await;
+        assert_eq!(status, StatusCode::OK, "{removed}");
+        let client = &self.s.client;
+        wait_until(WAIT, "the removal reaches capture", || async {
+            let id = format!("d{}", rand_suffix());
+            let lsn = insert(client, &id).await;
+            app::wait_slot_confirmed(client, &self.s.db.name, &lsn, WAIT).await;
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM walhook.deliveries d JOIN walhook.events e ON e.seq = d.event_seq
+                     WHERE d.endpoint_id = 'subs' AND e.record_key = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 0).then_some(())
+        })
+        .await;
+        let (status, _) = self.call("DELETE", "/api/endpoints/subs", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_endpoints_are_created_used_rotated_moved_and_removed_while_running() {
+    let fixed = Receiver::start(Behaviour::AlwaysOk).await;
+    let port = free_port();
+    let cfg_ep = format!(
+        "[[endpoints]]\nid = \"fixed\"\nurl = \"{}fixed\"\nsecret = \"fixed-secret\"\n",
+        fixed.url()
+    );
+    let admin = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n");
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        s: prepare("runtime_api", &cfg_ep, &admin).await,
+        fixed,
+        first: Receiver::start(Behaviour::AlwaysOk).await,
+        second: Receiver::start(Behaviour::AlwaysOk).await,
+    };
+    let key = key();
+    let env = [(KEY_ENV, key.as_str())];
+    let config = &api.s.config;
+    let mut capture = Daemon::spawn_env(config, &["--no-dispatch"], None, &env);
+    let mut dispatch = Daemon::spawn_env(config, &["--no-capture", "--no-admin"], None, &env);
+    wait_ready(&api.base).await;
+
+    let secret1 = api.create().await;
+    let secret2 = api.rotate(&secret1).await;
+    api.move_url().await;
+    api.config_endpoints_are_read_only().await;
+    let listed = api.list().await;
+    api.secrets_sealed([&secret1, &secret2]).await;
+    api.remove().await;
+
     let logs = format!(
         "{}\n{}",
         capture.log_for(Duration::from_millis(200)),
         dispatch.log_for(Duration::from_millis(200))
     );
-    for secret in [&secret1, &secret2] {
-        assert!(
-            !logs.contains(secret.trim_start_matches("whsec_")),
-            "a log holds a secret:\n{logs}"
-        );
-    }
     assert!(logs.contains("runtime endpoint added"), "{logs}");
-    drop(s);
+    for secret in [&secret1, &secret2] {
+        let bare = secret.trim_start_matches("whsec_");
+        assert!(!listed.contains(bare), "the endpoint list shows a secret");
+        assert!(!logs.contains(bare), "a log holds a secret:\n{logs}");
+    }
 }
 
 fn rand_suffix() -> u32 {
@@ -359,6 +373,56 @@ fn cli(config: &std::path::Path, args: &[&str], key: Option<&str>) -> (bool, Str
     )
 }
 
+/// `walhook endpoints <args> --json` with the key, which must succeed: its
+/// JSON answer.
+fn cli_json(config: &std::path::Path, args: &[&str], key: &str) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let (ok, out, err) = cli(config, &args, Some(key));
+    assert!(ok, "walhook endpoints {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// What the CLI refuses, each with a message saying why.
+fn cli_refusals(config: &std::path::Path, key: &str, url: &str) {
+    // No key: a clear error naming the variable.
+    let (ok, _, err) = cli(config, &["add", "crm", "--url", url], None);
+    assert!(!ok && err.contains(KEY_ENV), "{err}");
+    // Config endpoints are read-only, naming the file.
+    let (ok, _, err) = cli(config, &["remove", "sink"], Some(key));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("walhook.toml") && err.contains("config file"),
+        "{err}"
+    );
+    // A URL the config file would refuse.
+    let (ok, _, err) = cli(
+        config,
+        &["add", "crm", "--url", "http://example.com/x"],
+        Some(key),
+    );
+    assert!(!ok && err.contains("loopback"), "{err}");
+}
+
+/// A lead inserted again and again until a delivery to `rx` is signed as
+/// `pred` wants (a running process picks a change up within its poll).
+async fn signed_delivery(
+    client: &tokio_postgres::Client,
+    rx: &Receiver,
+    what: &str,
+    pred: impl Fn(&RecordedRequest) -> bool,
+) {
+    wait_until(WAIT, what, || async {
+        let id = format!("x{}", rand_suffix());
+        insert(client, &id).await;
+        let r = tokio::time::timeout(Duration::from_secs(3), request_for(rx, &id))
+            .await
+            .ok()?;
+        pred(&r).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_manages_runtime_endpoints_that_a_running_process_serves() {
     let rx = Receiver::start(Behaviour::AlwaysOk).await;
@@ -369,86 +433,44 @@ async fn cli_manages_runtime_endpoints_that_a_running_process_serves() {
     })
     .expect("config");
     let run = InProcess::start(cfg, walhook::Roles::default());
-    let cfg_path = s.config.clone();
-
-    // No key: a clear error naming the variable.
+    let config = s.config.as_path();
     let url = format!("{}hook", rx.url());
-    let (ok, _, err) = cli(&cfg_path, &["add", "crm", "--url", &url], None);
-    assert!(!ok);
-    assert!(err.contains(KEY_ENV), "{err}");
-    // Config endpoints are refused, naming the file.
-    let (ok, _, err) = cli(&cfg_path, &["remove", "sink"], Some(&key));
-    assert!(!ok);
-    assert!(
-        err.contains("walhook.toml") && err.contains("config file"),
-        "{err}"
-    );
-    // Bad input is refused like in the config file.
-    let (ok, _, err) = cli(
-        &cfg_path,
-        &["add", "crm", "--url", "http://example.com/x"],
-        Some(&key),
-    );
-    assert!(!ok && err.contains("loopback"), "{err}");
+    cli_refusals(config, &key, &url);
 
-    let (ok, out, err) = cli(
-        &cfg_path,
-        &[
-            "add",
-            "crm",
-            "--url",
-            &url,
-            "--events",
-            "lead.create",
-            "--json",
-        ],
-        Some(&key),
-    );
-    assert!(ok, "{err}");
-    let added: Value = serde_json::from_str(&out).unwrap();
-    let secret = added["secret"].as_str().unwrap().to_string();
+    let add = ["add", "crm", "--url", &url, "--events", "lead.create"];
+    let secret = cli_json(config, &add, &key)["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    signed_delivery(
+        &s.client,
+        &rx,
+        "a delivery signed with the printed secret",
+        |r| signed_by(r, &secret) == (true, true),
+    )
+    .await;
 
-    insert(&s.client, "x1").await;
-    let r = request_for(&rx, "x1").await;
-    assert_eq!(signed_by(&r, &secret), (true, true));
-
-    let (ok, out, err) = cli(&cfg_path, &["list"], Some(&key));
+    let (ok, out, err) = cli(config, &["list"], Some(&key));
     assert!(ok, "{err}");
     assert!(out.contains("crm (api)"), "{out}");
     assert!(!out.contains(secret.trim_start_matches("whsec_")));
+    let updated = cli_json(config, &["update", "crm", "--timeout", "5s"], &key);
+    assert_eq!(updated["timeout_ms"], 5000);
 
-    let (ok, out, err) = cli(
-        &cfg_path,
-        &["update", "crm", "--timeout", "5s", "--json"],
-        Some(&key),
-    );
-    assert!(ok, "{err}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&out).unwrap()["timeout_ms"],
-        5000
-    );
-
-    let (ok, out, err) = cli(
-        &cfg_path,
-        &["rotate-secret", "crm", "--keep-old", "0s", "--json"],
-        Some(&key),
-    );
-    assert!(ok, "{err}");
-    let rotated: Value = serde_json::from_str(&out).unwrap();
+    let rotated = cli_json(config, &["rotate-secret", "crm", "--keep-old", "0s"], &key);
     let secret2 = rotated["secret"].as_str().unwrap().to_string();
     assert!(rotated["endpoint"]["old_secret_until"].is_null());
-    wait_until(WAIT, "deliveries signed by the new secret only", || async {
-        let id = format!("x{}", rand_suffix());
-        insert(&s.client, &id).await;
-        let r = request_for(&rx, &id).await;
-        (signed_by(&r, &secret2) == (true, true) && signed_by(&r, &secret).1 == false).then_some(())
-    })
+    signed_delivery(
+        &s.client,
+        &rx,
+        "deliveries signed by the new secret only",
+        |r| signed_by(r, &secret2) == (true, true) && !signed_by(r, &secret).1,
+    )
     .await;
 
-    let (ok, out, err) = cli(&cfg_path, &["remove", "crm"], Some(&key));
-    assert!(ok, "{err}");
-    assert!(out.contains("removed"), "{out}");
-    let (ok, _, err) = cli(&cfg_path, &["remove", "crm"], Some(&key));
+    let (ok, out, err) = cli(config, &["remove", "crm"], Some(&key));
+    assert!(ok && out.contains("removed"), "{out}{err}");
+    let (ok, _, err) = cli(config, &["remove", "crm"], Some(&key));
     assert!(!ok && err.contains("no endpoint made at runtime"), "{err}");
     run.stop().await;
 }
