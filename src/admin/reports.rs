@@ -513,7 +513,7 @@ impl<'a> Reports<'a> {
         })
     }
 
-    /// Enable or disable a configured endpoint as a whole.
+    /// Enable or disable a configured or runtime endpoint as a whole.
     pub async fn set_endpoint_enabled(
         &self,
         client: &Client,
@@ -522,7 +522,12 @@ impl<'a> Reports<'a> {
         reason: &str,
     ) -> Result<EndpointToggle, AdminError> {
         self.ledger.ensure_exists(client).await?;
-        configured_endpoint(self.cfg, id)?;
+        // A runtime endpoint (made through the API) can be switched too.
+        if let Err(e) = configured_endpoint(self.cfg, id)
+            && self.ledger.runtime_endpoint(client, id).await?.is_none()
+        {
+            return Err(e);
+        }
         // The row exists once a dispatcher has run; make sure it does now.
         self.ledger
             .register_endpoints(client, &[id.to_string()])

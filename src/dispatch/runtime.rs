@@ -43,14 +43,6 @@ impl RuntimeSet {
 /// The receiving end: the latest set.
 pub type RuntimeWatch = watch::Receiver<Arc<RuntimeSet>>;
 
-/// A watch that never changes from the empty set (tests, tools).
-pub fn empty() -> RuntimeWatch {
-    let (tx, rx) = watch::channel(Arc::new(RuntimeSet::default()));
-    // The receiver keeps its last value when the sender is gone.
-    drop(tx);
-    rx
-}
-
 /// Loads the set once (so the first events after a start already go to
 /// runtime endpoints), then returns the watch and the task that keeps it
 /// up to date until `shutdown`.

@@ -456,6 +456,13 @@ async fn cli_manages_runtime_endpoints_that_a_running_process_serves() {
     assert!(!out.contains(secret.trim_start_matches("whsec_")));
     let updated = cli_json(config, &["update", "crm", "--timeout", "5s"], &key);
     assert_eq!(updated["timeout_ms"], 5000);
+    let toggled = cli_json(config, &["disable", "crm"], &key);
+    assert_eq!(
+        (toggled["enabled"].clone(), toggled["changed"].clone()),
+        (json!(false), json!(true))
+    );
+    let toggled = cli_json(config, &["enable", "crm"], &key);
+    assert_eq!(toggled["enabled"], json!(true));
 
     let rotated = cli_json(config, &["rotate-secret", "crm", "--keep-old", "0s"], &key);
     let secret2 = rotated["secret"].as_str().unwrap().to_string();
