@@ -177,3 +177,33 @@ pub(super) async fn rotate_secret(
     tracing::info!(endpoint = %id, "runtime endpoint secret rotated through the admin API");
     Ok(Json(out).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_codes_that_say_why() {
+        let e = ApiError::from(SubsError::NoKey {
+            var: "WALHOOK_SECRETS_KEY".into(),
+        });
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("WALHOOK_SECRETS_KEY"));
+        let e = ApiError::from(SubsError::FromConfig("crm".into()));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(e.to_string().contains("config file"));
+        let e = ApiError::from(SubsError::NotFound("x".into()));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn bodies_are_json_with_known_keys() {
+        let mut headers = HeaderMap::new();
+        let b = Bytes::from_static(br#"{"url":"https://example.com/h"}"#);
+        assert!(body::<UpdateBody>(&headers, &b).is_err(), "no content type");
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(body::<UpdateBody>(&headers, &b).is_ok());
+        let b = Bytes::from_static(br#"{"secret":"mine"}"#);
+        assert!(body::<UpdateBody>(&headers, &b).is_err(), "unknown key");
+    }
+}
