@@ -113,7 +113,7 @@ impl Config {
         let mut out = Vec::new();
         if self.endpoints.is_empty() {
             out.push(
-                "no [[endpoints]]: events are recorded in the ledger but not delivered".into(),
+                "no [[endpoints]]: events are not delivered, except to endpoints added at runtime (`walhook endpoints add`)".into(),
             );
         }
         let slugs: Vec<&str> = self.objects.iter().map(|o| o.slug.as_str()).collect();
