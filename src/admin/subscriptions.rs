@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::reports::url_origin;
-use crate::config::{self, Config, SigningScheme};
+use crate::config::{self, Config, EndpointConfig, SigningScheme};
 use crate::ledger::endpoints::{NewRuntime, RuntimeChange, RuntimeRow};
 use crate::ledger::{Ledger, LedgerError};
 use crate::sealed::SealKey;
@@ -275,6 +275,24 @@ impl<'a> Subscriptions<'a> {
         }
         let endpoint = self.view(client, id).await?;
         Ok(WithSecret { endpoint, secret })
+    }
+
+    /// Runtime endpoint `id` as dispatch serves it (secrets opened), e.g.
+    /// to ping it.
+    pub async fn endpoint_config(
+        &self,
+        client: &Client,
+        id: &str,
+    ) -> Result<EndpointConfig, SubsError> {
+        self.ledger.ensure_exists(client).await?;
+        let row = self
+            .ledger
+            .runtime_endpoint(client, id)
+            .await?
+            .ok_or_else(|| SubsError::NotFound(id.to_string()))?;
+        let key = self.key()?;
+        row.endpoint(key, &self.cfg.delivery.retry, SystemTime::now())
+            .map_err(|e| invalid("key", e.to_string()))
     }
 
     async fn view(&self, client: &Client, id: &str) -> Result<RuntimeView, SubsError> {

@@ -13,7 +13,7 @@ use walhook::admin::subscriptions::{
     AddRequest, Removed, RuntimeView, SubsError, Subscriptions, UpdateRequest, WithSecret,
 };
 use walhook::admin::{ping, render, reports};
-use walhook::config::{Config, duration_from_str};
+use walhook::config::{Config, EndpointConfig, duration_from_str};
 
 use super::output::{admin_connect, print_out};
 
@@ -129,7 +129,13 @@ pub async fn run(cfg: &Config, path: &Path, command: EndpointsCommand) -> Result
             print_out(json, &out, toggled)?;
         }
         EndpointsCommand::Ping { id, json } => {
-            let out = ping::ping(cfg, &id).await?;
+            let out = match runtime_endpoint(cfg, &id).await? {
+                Some(ep) => {
+                    let http = walhook::dispatch::http::build_client()?;
+                    ping::ping_with(cfg, &ep, &http, std::time::SystemTime::now()).await?
+                }
+                None => ping::ping(cfg, &id).await?,
+            };
             print_out(json, &out, render::ping)?;
             if !out.ok {
                 bail!(
@@ -146,6 +152,19 @@ pub async fn run(cfg: &Config, path: &Path, command: EndpointsCommand) -> Result
         | EndpointsCommand::RotateSecret { .. } => unreachable!("handled by `runtime`"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runtime endpoint `id` with its secrets opened; `None` when `id` is a
+/// config endpoint or no endpoint at all.
+async fn runtime_endpoint(cfg: &Config, id: &str) -> Result<Option<EndpointConfig>> {
+    if cfg.endpoint(id).is_some() {
+        return Ok(None);
+    }
+    let client = admin_connect(cfg).await?;
+    match Subscriptions::new(cfg).endpoint_config(&client, id).await {
+        Err(SubsError::NotFound(_)) => Ok(None),
+        other => Ok(Some(other?)),
+    }
 }
 
 /// Runs the commands on runtime endpoints; hands the others back.

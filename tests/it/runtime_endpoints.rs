@@ -450,6 +450,16 @@ async fn cli_manages_runtime_endpoints_that_a_running_process_serves() {
     )
     .await;
 
+    let pinged = cli_json(config, &["ping", "crm"], &key);
+    assert_eq!(pinged["ok"], json!(true), "{pinged}");
+    let ping = wait_until(WAIT, "the ping arrives", || async {
+        rx.requests()
+            .into_iter()
+            .find(|r| r.header("x-superleap-event") == Some("walhook.ping"))
+    })
+    .await;
+    assert_eq!(signed_by(&ping, &secret), (true, true));
+
     let (ok, out, err) = cli(config, &["list"], Some(&key));
     assert!(ok, "{err}");
     assert!(out.contains("crm (api)"), "{out}");
