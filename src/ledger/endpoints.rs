@@ -393,3 +393,57 @@ async fn notify(tx: &tokio_postgres::Transaction<'_>, schema: &str) -> Result<()
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SealKey {
+        use base64::Engine as _;
+        SealKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap()
+    }
+
+    fn row(k: &SealKey, old_until: SystemTime) -> RuntimeRow {
+        RuntimeRow {
+            id: "crm".into(),
+            url: "https://example.com/h".into(),
+            events: vec!["lead.*".into()],
+            signing: vec!["superleap".into(), "standard-webhooks".into()],
+            timeout_ms: 2_000,
+            secret: k.seal("crm", b"whsec_bmV3"),
+            old_secret: Some(k.seal("crm", b"whsec_b2xk")),
+            old_until: Some(old_until),
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_old_secret_signs_until_its_time_then_not() {
+        let k = key(3);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let r = row(&k, now + Duration::from_secs(60));
+        let retry = RetryConfig::default();
+        let ep = r.endpoint(&k, &retry, now).unwrap();
+        let secrets: Vec<&str> = ep.secrets.iter().map(|s| s.secret().expose()).collect();
+        assert_eq!(secrets, ["whsec_bmV3", "whsec_b2xk"], "the new one first");
+        assert_eq!(ep.signing.len(), 2);
+        assert_eq!(ep.timeout, Duration::from_secs(2));
+        let later = now + Duration::from_secs(61);
+        let ep = r.endpoint(&k, &retry, later).unwrap();
+        assert_eq!(ep.secrets.len(), 1);
+        assert_eq!(ep.secrets.primary().secret().expose(), "whsec_bmV3");
+    }
+
+    #[test]
+    fn another_key_or_a_moved_row_does_not_open() {
+        let k = key(3);
+        let now = SystemTime::UNIX_EPOCH;
+        let r = row(&k, now);
+        assert!(r.endpoint(&key(4), &RetryConfig::default(), now).is_err());
+        let mut moved = r.clone();
+        moved.id = "other".into();
+        assert!(moved.endpoint(&k, &RetryConfig::default(), now).is_err());
+    }
+}
