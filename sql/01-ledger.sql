@@ -154,3 +154,19 @@ CREATE TABLE IF NOT EXISTS "walhook".notices (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, subject)
 );
+
+CREATE SEQUENCE IF NOT EXISTS "walhook".runtime_endpoints_version;
+
+CREATE TABLE IF NOT EXISTS "walhook".runtime_endpoints (
+    id          text PRIMARY KEY,
+    url         text NOT NULL,
+    events      text[] NOT NULL,
+    signing     text[] NOT NULL,
+    timeout_ms  bigint NOT NULL,
+    secret      bytea NOT NULL,
+    old_secret  bytea,
+    old_until   timestamptz,
+    version     bigint NOT NULL DEFAULT nextval('"walhook".runtime_endpoints_version'),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod pg;
 pub mod pgoutput;
+pub mod sealed;
 pub mod secret;
 pub mod source;
 
@@ -143,6 +144,7 @@ pub async fn run(
         None
     };
     let http = dispatch::http::build_client().map_err(|e| RunError::Admin(e.to_string()))?;
+    let (runtime, keep_runtime) = dispatch::runtime::start(cfg.clone(), shutdown.clone()).await?;
     let deps = StreamDeps {
         cfg: cfg.clone(),
         metrics: metrics.clone(),
@@ -150,8 +152,10 @@ pub async fn run(
         owner: dispatch::deliver::owner_id(),
         leases: Leases::default(),
         fast: roles.dispatch,
+        runtime,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(keep_runtime);
     tasks.spawn(dispatch::leases::keep(
         deps.leases.clone(),
         Ledger::new(&cfg.ledger.schema),

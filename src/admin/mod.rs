@@ -31,5 +31,6 @@ pub mod prune;
 pub mod render;
 pub mod reports;
 pub mod requeue;
+pub mod subscriptions;
 
 pub use reports::AdminError;

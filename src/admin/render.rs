@@ -228,8 +228,12 @@ pub fn endpoints(list: &[EndpointState]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
+            let id = match e.source {
+                Some("api") => format!("{} (api)", e.id),
+                _ => e.id.clone(),
+            };
             vec![
-                e.id.clone(),
+                id,
                 endpoint_state(e),
                 or_dash(e.target.as_deref()),
                 e.events.join(","),

@@ -114,9 +114,12 @@ pub struct SlotStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointState {
     pub id: String,
-    /// Present in the config (an endpoint removed from the config keeps its
-    /// ledger row and deliveries).
+    /// Present in the config or made through the API (an endpoint removed
+    /// from the config keeps its ledger row and deliveries).
     pub configured: bool,
+    /// `config` (the config file), `api` (made at runtime), or none (known
+    /// only from the ledger).
+    pub source: Option<&'static str>,
     /// `scheme://host:port` of the URL; path and query may hold credentials.
     pub target: Option<String>,
     pub events: Vec<String>,
@@ -283,6 +286,7 @@ impl EndpointState {
         EndpointState {
             id: id.to_string(),
             configured: false,
+            source: None,
             target: None,
             events: Vec::new(),
             signing: Vec::new(),
@@ -298,10 +302,23 @@ impl EndpointState {
     fn configured(ep: &EndpointConfig) -> EndpointState {
         EndpointState {
             configured: true,
+            source: Some("config"),
             target: Some(url_origin(&ep.url)),
             events: ep.events.clone(),
             signing: ep.signing.iter().map(|s| scheme_name(*s).into()).collect(),
             timeout_ms: Some(ep.timeout.as_millis() as u64),
+            ..EndpointState::unconfigured(&ep.id)
+        }
+    }
+
+    fn runtime(ep: &crate::admin::subscriptions::RuntimeView) -> EndpointState {
+        EndpointState {
+            configured: true,
+            source: Some("api"),
+            target: Some(ep.target.clone()),
+            events: ep.events.clone(),
+            signing: ep.signing.clone(),
+            timeout_ms: Some(ep.timeout_ms.max(0) as u64),
             ..EndpointState::unconfigured(&ep.id)
         }
     }
@@ -392,6 +409,13 @@ impl<'a> Reports<'a> {
         for ep in &self.cfg.endpoints {
             let st = EndpointState::configured(ep);
             out.push(st.with_ledger(rows.remove(&ep.id), counts.remove(&ep.id)));
+        }
+        for row in self.ledger.runtime_endpoints(client).await? {
+            if self.cfg.endpoint(&row.id).is_none() {
+                let st =
+                    EndpointState::runtime(&crate::admin::subscriptions::RuntimeView::of(&row));
+                out.push(st.with_ledger(rows.remove(&row.id), counts.remove(&row.id)));
+            }
         }
         // Endpoints no longer configured but still holding deliveries or state.
         let mut others: Vec<String> = rows.keys().chain(counts.keys()).cloned().collect();
@@ -517,7 +541,18 @@ impl<'a> Reports<'a> {
         })
     }
 
-    /// Enable or disable a configured endpoint as a whole.
+    /// `id` is a configured endpoint or a runtime one (made through the
+    /// API), or `UnknownEndpoint`.
+    pub async fn known_endpoint(&self, client: &Client, id: &str) -> Result<(), AdminError> {
+        if let Err(e) = configured_endpoint(self.cfg, id)
+            && self.ledger.runtime_endpoint(client, id).await?.is_none()
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Enable or disable a configured or runtime endpoint as a whole.
     pub async fn set_endpoint_enabled(
         &self,
         client: &Client,
@@ -526,7 +561,7 @@ impl<'a> Reports<'a> {
         reason: &str,
     ) -> Result<EndpointToggle, AdminError> {
         self.ledger.ensure_exists(client).await?;
-        configured_endpoint(self.cfg, id)?;
+        self.known_endpoint(client, id).await?;
         // The row exists once a dispatcher has run; make sure it does now.
         self.ledger
             .register_endpoints(client, &[id.to_string()])

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use super::reports::{AdminError, DeliveryState, Reports, configured_endpoint, parse_time};
+use super::reports::{AdminError, DeliveryState, Reports, parse_time};
 use crate::ledger::requeue::{RequeueFilter, Resend};
 
 /// Which failed deliveries to re-queue (every field narrows; none: every
@@ -103,7 +103,7 @@ impl Reports<'_> {
         let filter = req.to_filter(SystemTime::now())?;
         self.ledger().ensure_exists(client).await?;
         if let Some(ep) = &filter.endpoint {
-            configured_endpoint(self.cfg, ep)?;
+            self.known_endpoint(client, ep).await?;
         }
         let requeued = self.ledger().requeue(client, &filter, req.dry_run).await?;
         Ok(RequeueOutcome {
@@ -113,8 +113,8 @@ impl Reports<'_> {
         })
     }
 
-    /// Send event `event_id` (its body kept in the ledger) to the configured
-    /// endpoint `endpoint` again, with a fresh retry cycle.
+    /// Send event `event_id` (its body kept in the ledger) to endpoint
+    /// `endpoint` (configured or runtime) again, with a fresh retry cycle.
     pub async fn resend(
         &self,
         client: &Client,
@@ -122,8 +122,8 @@ impl Reports<'_> {
         endpoint: &str,
     ) -> Result<ResendOutcome, AdminError> {
         let event_id = event_id.trim();
-        configured_endpoint(self.cfg, endpoint)?;
         self.ledger().ensure_exists(client).await?;
+        self.known_endpoint(client, endpoint).await?;
         let ledger = self.ledger();
         let (delivery_id, reopened) = match ledger.resend(client, event_id, endpoint).await? {
             Resend::Created(id) => (id, false),

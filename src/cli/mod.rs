@@ -126,7 +126,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
-    /// Endpoint state; enable, disable or ping one.
+    /// Endpoint state; enable, disable or ping one; add, update, remove or
+    /// rotate the secret of endpoints made at runtime.
     Endpoints {
         #[command(subcommand)]
         command: EndpointsCommand,
@@ -246,7 +247,9 @@ pub async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries { command } => deliveries::run(&load_config(&path)?, command).await,
-        Command::Endpoints { command } => endpoints::run(&load_config(&path)?, command).await,
+        Command::Endpoints { command } => {
+            endpoints::run(&load_config(&path)?, &path, command).await
+        }
         Command::Teardown { drop_ledger, yes } => {
             lifecycle::teardown(&load_config(&path)?, drop_ledger, yes).await
         }

@@ -20,11 +20,13 @@ use std::path::Path;
 
 pub use self::duration::duration_from_str;
 pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
+pub use self::parse::check_event_filters;
 pub use self::types::{
-    AdminConfig, DeliveryConfig, EndpointConfig, ExtraHeader, HeaderPrefix, KeepBodies,
-    LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme,
-    SourceConfig,
+    AdminConfig, DEFAULT_SECRETS_KEY_ENV, DeliveryConfig, EndpointConfig, ExtraHeader,
+    HeaderPrefix, KeepBodies, LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig,
+    SigningScheme, SourceConfig,
 };
+pub use self::validate::{endpoint_url, valid_endpoint_id};
 pub use crate::secret::Secret;
 
 /// The whole, validated configuration.
@@ -111,7 +113,7 @@ impl Config {
         let mut out = Vec::new();
         if self.endpoints.is_empty() {
             out.push(
-                "no [[endpoints]]: events are recorded in the ledger but not delivered".into(),
+                "no [[endpoints]]: events are not delivered, except to endpoints added at runtime (`walhook endpoints add`)".into(),
             );
         }
         let slugs: Vec<&str> = self.objects.iter().map(|o| o.slug.as_str()).collect();

@@ -196,6 +196,7 @@ pub(super) struct AdminFile {
     pub listen: String,
     pub token: Option<String>,
     pub token_env: Option<String>,
+    pub secrets_key_env: String,
 }
 
 impl Default for AdminFile {
@@ -205,6 +206,7 @@ impl Default for AdminFile {
             listen: "127.0.0.1:9187".into(),
             token: None,
             token_env: None,
+            secrets_key_env: super::types::DEFAULT_SECRETS_KEY_ENV.into(),
         }
     }
 }
@@ -485,11 +487,7 @@ fn watched_columns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 
 fn endpoint_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked(d, |id: String| {
-        let mut bytes = id.bytes();
-        let ok = matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
-            && bytes
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
+        if super::validate::valid_endpoint_id(&id) {
             Ok(id)
         } else {
             Err(format!(
@@ -517,16 +515,22 @@ fn is_event_filter(f: &str) -> bool {
 
 fn event_filters<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     checked(d, |events: Vec<String>| {
-        if events.is_empty() {
-            return Err("an empty list subscribes to nothing; use [\"*\"] for every event".into());
-        }
-        match events.iter().find(|f| !is_event_filter(f)) {
-            Some(bad) => Err(format!(
-                "invalid event filter {bad:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete), \"slug.create\", or one of walhook's own events \"endpoint.disabled\", \"walhook.ping\""
-            )),
-            None => Ok(events),
-        }
+        check_event_filters(&events).map(|()| events)
     })
+}
+
+/// Whether `events` is a valid `events` list of an endpoint: not empty,
+/// each a filter walhook knows.
+pub fn check_event_filters(events: &[String]) -> Result<(), String> {
+    if events.is_empty() {
+        return Err("an empty list subscribes to nothing; use [\"*\"] for every event".into());
+    }
+    match events.iter().find(|f| !is_event_filter(f)) {
+        Some(bad) => Err(format!(
+            "invalid event filter {bad:?}; expected \"*\", \"slug.*\", \"*.create\" (or update, delete), \"slug.create\", or one of walhook's own events \"endpoint.disabled\", \"walhook.ping\""
+        )),
+        None => Ok(()),
+    }
 }
 
 fn signing_schemes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SigningScheme>, D::Error> {

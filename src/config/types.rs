@@ -12,6 +12,7 @@ use super::keys::EndpointSecrets;
 use super::{de, duration};
 use crate::event::expr::ContentFilter;
 use crate::pg::quote_ident;
+use crate::sealed::SealKey;
 use crate::secret::Secret;
 
 /// What `setup` does to the replica identity of mapped tables.
@@ -419,4 +420,14 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// `token` or `token_env`. Required when `listen` is not a loopback address.
     pub token: Option<Secret>,
+    /// The variable holding the key that seals the secrets of endpoints
+    /// made through the API or `walhook endpoints add` (`secrets_key_env`,
+    /// default `WALHOOK_SECRETS_KEY`).
+    pub secrets_key_env: String,
+    /// That key, when the variable is set: 32 bytes, standard base64.
+    /// `None`: no runtime endpoints.
+    pub secrets_key: Option<SealKey>,
 }
+
+/// The default of `admin.secrets_key_env`.
+pub const DEFAULT_SECRETS_KEY_ENV: &str = "WALHOOK_SECRETS_KEY";

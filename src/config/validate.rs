@@ -16,6 +16,7 @@ use super::types::{
     ObjectConfig, RetryConfig, SigningScheme, SourceConfig,
 };
 use super::{Config, ConfigError};
+use crate::sealed::SealKey;
 use crate::secret::Secret;
 
 type Res<T> = Result<T, ConfigError>;
@@ -340,35 +341,9 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    /// Parse and check an endpoint URL. The URL is never quoted in a message: it
-    /// may carry credentials or a token.
+    /// Parse and check an endpoint URL (see [`endpoint_url`]).
     fn endpoint_url(&self, key: &str, text: &str, allow_insecure_http: bool) -> Res<url::Url> {
-        let url = url::Url::parse(text.trim()).map_err(|e| {
-            self.invalid(
-                key,
-                format!("not a valid URL ({e}); expected https://host/path"),
-            )
-        })?;
-        match url.scheme() {
-            "https" => {}
-            "http" if allow_insecure_http || is_loopback_host(&url) => {}
-            "http" => {
-                return Err(self.invalid(
-                    key,
-                    "plain http:// is accepted only for loopback hosts (127.0.0.1, ::1, localhost); use https://, or set `allow_insecure_http = true` on this endpoint",
-                ));
-            }
-            other => {
-                return Err(self.invalid(
-                    key,
-                    format!("unsupported scheme `{other}`; expected https:// (or http:// on a loopback host)"),
-                ));
-            }
-        }
-        if url.host().is_none() {
-            return Err(self.invalid(key, "the URL has no host; expected https://host/path"));
-        }
-        Ok(url)
+        endpoint_url(text, allow_insecure_http).map_err(|m| self.invalid(key, m))
     }
 
     /// Exactly one of `secret`, `secret_env`, `secrets`, `secrets_env`; returns the
@@ -483,8 +458,59 @@ impl Validator<'_> {
                 format!("{addr} is reachable from other hosts, so the admin API needs a token; set `admin.token_env` (or `admin.token`), or listen on 127.0.0.1"),
             ));
         }
-        Ok(AdminConfig { listen, token })
+        let secrets_key_env = file.secrets_key_env.trim().to_owned();
+        if secrets_key_env.is_empty() {
+            return Err(self.invalid("admin.secrets_key_env", "must name an environment variable"));
+        }
+        let secrets_key = match (self.env)(&secrets_key_env) {
+            Some(text) if !text.trim().is_empty() => {
+                Some(SealKey::from_base64(&text).map_err(|e| {
+                    self.invalid(
+                        "admin.secrets_key_env",
+                        format!("the variable {secrets_key_env} does not hold a usable key: {e}"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        Ok(AdminConfig {
+            listen,
+            token,
+            secrets_key_env,
+            secrets_key,
+        })
     }
+}
+
+/// Parse and check an endpoint URL: https, or http on a loopback host (or
+/// anywhere with `allow_insecure_http`), with a host. The URL is never
+/// quoted in the message: it may carry credentials or a token.
+pub fn endpoint_url(text: &str, allow_insecure_http: bool) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| format!("not a valid URL ({e}); expected https://host/path"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http || is_loopback_host(&url) => {}
+        "http" => {
+            return Err("plain http:// is accepted only for loopback hosts (127.0.0.1, ::1, localhost); use https://, or set `allow_insecure_http = true` on this endpoint".into());
+        }
+        other => {
+            return Err(format!(
+                "unsupported scheme `{other}`; expected https:// (or http:// on a loopback host)"
+            ));
+        }
+    }
+    if url.host().is_none() {
+        return Err("the URL has no host; expected https://host/path".into());
+    }
+    Ok(url)
+}
+
+/// Whether `id` is a valid endpoint id: a-z or 0-9, then a-z, 0-9, `_` or `-`.
+pub fn valid_endpoint_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Why a header name is not one an endpoint may set, if it is not.

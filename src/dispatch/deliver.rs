@@ -18,6 +18,7 @@ use crate::dispatch::http::{self, AttemptRecord};
 use crate::dispatch::leases::Leases;
 use crate::dispatch::limits::Limits;
 use crate::dispatch::outcome::{self, BatchOutcomes, Health};
+use crate::dispatch::runtime::RuntimeWatch;
 use crate::dispatch::sign;
 use crate::dispatch::stream::StreamDeps;
 use crate::ledger::queue::{ClaimRequest, Claimed, NextState};
@@ -34,6 +35,9 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How soon due deliveries that could not be claimed are looked at again.
 const BLOCKED_POLL: Duration = Duration::from_millis(10);
 const LIMITED_POLL: Duration = Duration::from_millis(200);
+/// How long after a runtime endpoint's removal its open deliveries are
+/// still looked for (a spill written as it went).
+const REMOVED_SWEEP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -91,7 +95,13 @@ struct Dispatcher<'a> {
     leases: &'a Leases,
     ledger: Ledger,
     db: Client,
+    /// Config endpoints and the runtime ones, by id.
     endpoints: HashMap<String, EndpointConfig>,
+    runtime: RuntimeWatch,
+    /// Runtime endpoints removed lately, and when this process saw it: their
+    /// open deliveries are disabled (again) for a while, for a spill that
+    /// was still being written when the endpoint went.
+    removed: Vec<(String, Instant)>,
     health: Health,
     /// Deliveries this dispatcher has claimed and not yet recorded.
     held: std::collections::HashSet<i64>,
@@ -117,11 +127,9 @@ impl<'a> Dispatcher<'a> {
             leases: &deps.leases,
             ledger,
             db,
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|e| (e.id.clone(), e.clone()))
-                .collect(),
+            endpoints: HashMap::new(),
+            runtime: deps.runtime.clone(),
+            removed: Vec::new(),
             health: Health::new(cfg),
             held: Default::default(),
         };
@@ -137,12 +145,17 @@ impl<'a> Dispatcher<'a> {
     ) -> Result<(), DispatchError> {
         let max = self.cfg.delivery.max_in_flight;
         let mut limits = Limits::new(max, &self.cfg.endpoints, Instant::now());
+        self.runtime.mark_changed();
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut done: Vec<Done> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
                 return self.stop(inflight, done).await;
             }
+            if self.runtime.has_changed().unwrap_or(false) {
+                self.on_runtime(&mut limits);
+            }
+            self.sweep_removed().await?;
             let claimed_any = self.claim(&mut limits, &mut inflight).await?;
             // Collect whatever has finished, then record it in one statement.
             while let Some(r) = inflight.try_join_next() {
@@ -175,9 +188,42 @@ impl<'a> Dispatcher<'a> {
                 }
                 _ = wake.notified() => {}
                 _ = self.metrics.new_deliveries() => {}
+                Ok(()) = self.runtime.changed() => self.runtime.mark_changed(),
                 _ = tokio::time::sleep(idle) => {}
             }
         }
+    }
+
+    /// The runtime endpoints changed: dispatch serves the new set from now
+    /// on (deliveries claimed before go on with what they had).
+    fn on_runtime(&mut self, limits: &mut Limits) {
+        let set = self.runtime.borrow_and_update().clone();
+        let mut all: Vec<EndpointConfig> = self.cfg.endpoints.clone();
+        all.extend(set.endpoints.iter().cloned());
+        let now = Instant::now();
+        for id in self.endpoints.keys() {
+            if self.cfg.endpoint(id).is_none() && set.get(id).is_none() {
+                self.removed.push((id.clone(), now));
+            }
+        }
+        limits.set_endpoints(&all, now);
+        self.endpoints = all.into_iter().map(|e| (e.id.clone(), e)).collect();
+    }
+
+    /// Disables what is still open for runtime endpoints removed lately
+    /// (see [`Dispatcher::removed`]).
+    async fn sweep_removed(&mut self) -> Result<(), DispatchError> {
+        let now = Instant::now();
+        self.removed.retain(|(_, at)| now < *at + REMOVED_SWEEP);
+        if self.removed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.removed.iter().map(|(id, _)| id.clone()).collect();
+        let n = self.ledger.disable_removed(&self.db, &ids).await?;
+        if n > 0 {
+            tracing::info!(deliveries = n, endpoints = ?ids, "deliveries of removed runtime endpoints disabled");
+        }
+        Ok(())
     }
 
     /// Graceful stop: no new attempts; those in flight may finish within

@@ -106,6 +106,23 @@ impl Limits {
         }
     }
 
+    /// The endpoints changed (runtime endpoints added or removed): shares
+    /// are worked out again; an endpoint that stays keeps its attempts in
+    /// flight and its bucket.
+    pub fn set_endpoints(&mut self, endpoints: &[EndpointConfig], now: Instant) {
+        let mut next = Limits::new(self.max, endpoints, now);
+        for (id, i) in &next.index {
+            if let Some(old) = self.index.get(id).map(|j| &self.lanes[*j]) {
+                let lane = &mut next.lanes[*i];
+                lane.used = old.used;
+                if lane.bucket.is_some() && old.bucket.is_some() {
+                    lane.bucket.clone_from(&old.bucket);
+                }
+            }
+        }
+        *self = next;
+    }
+
     /// `delivery.max_in_flight`.
     pub fn max(&self) -> usize {
         self.max

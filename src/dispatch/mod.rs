@@ -20,5 +20,6 @@ pub mod limits;
 pub mod outcome;
 pub mod prune;
 pub mod retry;
+pub mod runtime;
 pub mod sign;
 pub mod stream;

@@ -16,6 +16,7 @@
 //! same WAL inserts nothing twice.
 
 pub mod backfills;
+pub mod endpoints;
 pub mod history;
 pub mod notices;
 pub mod notify;

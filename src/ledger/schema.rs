@@ -8,7 +8,7 @@ use super::{Ledger, LedgerError};
 use crate::pg::quote_ident;
 
 /// The tables [`ddl`] creates, in order.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "events",
     "progress",
     "counters",
@@ -19,6 +19,7 @@ pub const TABLES: [&str; 10] = [
     "objects",
     "backfills",
     "notices",
+    "runtime_endpoints",
 ];
 
 /// The table `walhook setup` creates last: when it exists, the schema is
@@ -202,6 +203,26 @@ const DDL: &[&str] = &[
     since      timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, subject)
+)"#,
+    // Every change to a runtime endpoint takes a new version, so a process
+    // sees that the set changed from (count, max(version)).
+    r#"CREATE SEQUENCE IF NOT EXISTS {schema}.runtime_endpoints_version"#,
+    // Endpoints made through the admin API or `walhook endpoints add`.
+    // Secrets are sealed (AES-256-GCM, nonce || ciphertext, the id as
+    // associated data) under the key in `admin.secrets_key_env`; the old
+    // secret signs alongside the new one until `old_until` (rotation).
+    r#"CREATE TABLE IF NOT EXISTS {schema}.runtime_endpoints (
+    id          text PRIMARY KEY,
+    url         text NOT NULL,
+    events      text[] NOT NULL,
+    signing     text[] NOT NULL,
+    timeout_ms  bigint NOT NULL,
+    secret      bytea NOT NULL,
+    old_secret  bytea,
+    old_until   timestamptz,
+    version     bigint NOT NULL DEFAULT nextval('{schema}.runtime_endpoints_version'),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
 )"#,
 ];
 

@@ -25,6 +25,7 @@ mod operations;
 mod policy;
 mod retention;
 mod retry_race;
+mod runtime_endpoints;
 mod secrets;
 mod setup_errors;
 mod startup;

@@ -18,6 +18,7 @@ use crate::admin::ping::ping_with;
 use crate::admin::reports::{
     AdminError, DeliveryFilter, configured_endpoint, parse_since, parse_time,
 };
+use crate::admin::subscriptions::SubsError;
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"
@@ -245,8 +246,23 @@ pub(super) async fn ping_endpoint(
     State(st): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ep = configured_endpoint(&st.cfg, &id)?;
-    let out = ping_with(&st.cfg, ep, &st.http, SystemTime::now()).await?;
+    let out = if st.cfg.endpoint(&id).is_some() {
+        let ep = configured_endpoint(&st.cfg, &id)?;
+        ping_with(&st.cfg, ep, &st.http, SystemTime::now()).await?
+    } else {
+        // A runtime endpoint: its secret comes from the ledger.
+        let db = st.db.ledger().await?;
+        let subs = crate::admin::subscriptions::Subscriptions::new(&st.cfg);
+        let ep = match subs.endpoint_config(&db, &id).await {
+            // Neither kind: the message lists the config endpoints.
+            Err(e @ SubsError::NotFound(_)) => {
+                configured_endpoint(&st.cfg, &id)?;
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        ping_with(&st.cfg, &ep, &st.http, SystemTime::now()).await?
+    };
     Ok(Json(out).into_response())
 }
 

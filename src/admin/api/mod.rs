@@ -5,6 +5,7 @@
 //! - `auth`: the bearer token and the same-origin and host guards.
 //! - `handlers`: one function per route.
 //! - `backfills`: the `/api/backfills` routes.
+//! - `endpoints`: the subscriptions API (runtime endpoints).
 //! - `metrics`: the Prometheus text exposition.
 //! - `operations`: re-queueing by a filter, resending an event.
 //! - `server`: binding and serving with graceful shutdown.
@@ -22,6 +23,7 @@
 
 mod auth;
 mod backfills;
+mod endpoints;
 mod handlers;
 mod metrics;
 mod operations;
@@ -37,7 +39,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use tokio_postgres::Client;
 
@@ -260,7 +262,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/deliveries/{id}/retry", post(retry_delivery))
         .route("/api/deliveries/retry", post(operations::retry_filtered))
         .route("/api/events/{id}/resend", post(operations::resend_event))
-        .route("/api/endpoints", get(list_endpoints))
+        .route(
+            "/api/endpoints",
+            get(list_endpoints).post(endpoints::create_endpoint),
+        )
+        .route(
+            "/api/endpoints/{id}",
+            patch(endpoints::update_endpoint).delete(endpoints::delete_endpoint),
+        )
+        .route(
+            "/api/endpoints/{id}/rotate-secret",
+            post(endpoints::rotate_secret),
+        )
         .route("/api/endpoints/{id}/enable", post(enable_endpoint))
         .route("/api/endpoints/{id}/disable", post(disable_endpoint))
         .route("/api/endpoints/{id}/ping", post(ping_endpoint))

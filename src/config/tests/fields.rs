@@ -516,3 +516,33 @@ fn admin_settings() {
         );
     }
 }
+
+#[test]
+fn secrets_key_comes_from_the_named_variable() {
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let text = minimal("", "");
+    let c = Config::from_toml_str_with_env(&text, "walhook.toml", &fake_env(&[])).unwrap();
+    assert_eq!(c.admin.secrets_key_env, "WALHOOK_SECRETS_KEY");
+    assert!(c.admin.secrets_key.is_none());
+    let pairs = [("WALHOOK_SECRETS_KEY", key.as_str())];
+    let env = fake_env(&pairs);
+    let c = Config::from_toml_str_with_env(&text, "walhook.toml", &env).unwrap();
+    assert!(c.admin.secrets_key.is_some());
+    // Another variable, named in the file.
+    let text = minimal("", "[admin]\nsecrets_key_env = \"MY_KEY\"\n");
+    let pairs = [("MY_KEY", key.as_str())];
+    let env = fake_env(&pairs);
+    let c = Config::from_toml_str_with_env(&text, "walhook.toml", &env).unwrap();
+    assert_eq!(c.admin.secrets_key_env, "MY_KEY");
+    assert!(c.admin.secrets_key.is_some());
+    // A value that is not a key: an error naming the variable, not the value.
+    let env = fake_env(&[("MY_KEY", "c2hvcnQ=")]);
+    let msg = Config::from_toml_str_with_env(&text, "walhook.toml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("admin.secrets_key_env") && msg.contains("MY_KEY"),
+        "{msg}"
+    );
+    assert!(msg.contains("32") && !msg.contains("c2hvcnQ"), "{msg}");
+}

@@ -22,6 +22,7 @@ use super::{Ev, StreamDeps, StreamError};
 use crate::config::{EndpointConfig, KeepBodies, Ordering};
 use crate::dispatch::http::AttemptRecord;
 use crate::dispatch::outcome::BatchOutcomes;
+use crate::dispatch::runtime::RuntimeWatch;
 use crate::event::stream::{Captured, StreamItem};
 use crate::ledger::queue::AttemptRow;
 use crate::ledger::spill::SpillState;
@@ -85,6 +86,10 @@ struct Ep {
     /// after that, holds none of its deliveries.
     spilling: u32,
     spilled_at: Instant,
+    /// Made at runtime (the subscriptions API), not in the config.
+    runtime: bool,
+    /// A runtime endpoint since removed: no new deliveries.
+    removed: bool,
 }
 
 enum State {
@@ -176,6 +181,8 @@ pub(super) struct Engine {
     eps: Vec<Ep>,
     /// Which endpoints each event goes to.
     subs: subscribers::Subscriptions,
+    /// The runtime endpoints, watched for changes.
+    runtime: RuntimeWatch,
     per_record: bool,
     live: HashMap<u64, Delivery>,
     next_id: u64,
@@ -234,6 +241,8 @@ impl Engine {
                 trouble: 0,
                 spilling: 0,
                 spilled_at: Instant::now(),
+                runtime: false,
+                removed: false,
             })
             .collect();
         let ids: Vec<String> = cfg.endpoints.iter().map(|e| e.id.clone()).collect();
@@ -266,8 +275,9 @@ impl Engine {
             asks_rx,
             seen_tx,
         ));
-        Ok(Engine {
+        let mut engine = Engine {
             per_record: cfg.delivery.ordering == Ordering::PerRecord,
+            runtime: deps.runtime.clone(),
             deps,
             ledger,
             eps,
@@ -296,7 +306,9 @@ impl Engine {
             looking: false,
             resolved,
             draining_until: None,
-        })
+        };
+        engine.on_runtime();
+        Ok(engine)
     }
 
     /// Runs until `items` closes and everything taken is resolved (or an
@@ -326,6 +338,7 @@ impl Engine {
                 Some(done) = self.spill_done.recv() => self.on_spill_done(done?),
                 Some(done) = self.history_done.recv() => self.on_recorded(done?),
                 Some(seen) = self.seen.recv() => self.on_seen(seen?),
+                Ok(()) = self.runtime.changed() => self.on_runtime(),
                 _ = refresh.tick() => self.look(),
                 _ = sleep_until(wake) => self.on_deadlines(),
                 item = items.recv(), if take => match item {

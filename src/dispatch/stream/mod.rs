@@ -80,6 +80,8 @@ pub struct StreamDeps {
     /// `false` (`walhook run --no-dispatch`): no first attempts; every
     /// delivery goes to the ledger for the dispatchers.
     pub fast: bool,
+    /// The endpoints made at runtime, kept up to date.
+    pub runtime: super::runtime::RuntimeWatch,
 }
 
 /// The capture session's end of the stream.

@@ -18,7 +18,18 @@ impl Daemon {
     /// `walhook run <args> --config <config>` with `RUST_LOG` set to
     /// `rust_log`, or unset (walhook's default levels) when `None`.
     pub fn spawn(config: &Path, args: &[&str], rust_log: Option<&str>) -> Daemon {
+        Daemon::spawn_env(config, args, rust_log, &[])
+    }
+
+    /// [`Daemon::spawn`] with `env` (name, value) set for the child.
+    pub fn spawn_env(
+        config: &Path,
+        args: &[&str],
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = Command::new(super::app::bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .args(args)
             .arg("--config")

@@ -5,12 +5,20 @@
 //! decide about (an evaluation error, a result that is not a bool), is not
 //! delivered to that endpoint and is counted; an undecided one is also
 //! logged, at most once a minute per endpoint.
+//!
+//! The set of endpoints grows and shrinks at runtime (the subscriptions
+//! API): an endpoint made at runtime is served from the retry ledger only
+//! (like one with `rate_limit`), so the stream just spills its deliveries;
+//! it subscribes from the first event the stream takes after it learned of
+//! it, and a removed one from the next event on gets none (its index stays,
+//! marked removed, so the indexes of deliveries in memory stay valid).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Ep;
+use super::{Engine, Ep};
+use crate::config::EndpointConfig;
 use crate::event::expr::{EvalError, FilterInput};
 use crate::metrics::Metrics;
 
@@ -98,11 +106,67 @@ impl Subscriptions {
     }
 }
 
+/// Why a runtime endpoint is parked for good.
+const RUNTIME: &str = "it was made at runtime, and such endpoints are served from the retry ledger";
+
+impl Engine {
+    /// The runtime endpoints changed: add the new ones, update the others,
+    /// mark the removed ones; subscriptions are worked out again.
+    pub(super) fn on_runtime(&mut self) {
+        let set = self.runtime.borrow_and_update().clone();
+        let mut seen = vec![false; self.eps.len()];
+        for cfg in &set.endpoints {
+            match self.eps.iter().position(|e| *e.id == *cfg.id) {
+                Some(i) if self.eps[i].runtime => {
+                    seen[i] = true;
+                    let ep = &mut self.eps[i];
+                    if ep.removed {
+                        tracing::info!(endpoint = %cfg.id, "runtime endpoint added again");
+                    }
+                    ep.removed = false;
+                    ep.cfg = cfg.clone();
+                }
+                // A config endpoint has this id: the config one is served.
+                Some(_) => {}
+                None => {
+                    tracing::info!(endpoint = %cfg.id, "runtime endpoint added; its deliveries go through the retry ledger");
+                    self.eps.push(runtime_ep(cfg.clone()));
+                    seen.push(true);
+                }
+            }
+        }
+        for (i, ep) in self.eps.iter_mut().enumerate() {
+            if ep.runtime && !seen[i] && !ep.removed {
+                tracing::info!(endpoint = %ep.id, "runtime endpoint removed; new events are not sent to it");
+                ep.removed = true;
+            }
+        }
+        self.subs = Subscriptions::default();
+    }
+}
+
+fn runtime_ep(cfg: EndpointConfig) -> Ep {
+    Ep {
+        id: cfg.id.as_str().into(),
+        cfg,
+        limit: 1,
+        in_flight: 0,
+        ready: VecDeque::new(),
+        parked: Some(RUNTIME),
+        ledger_only: true,
+        trouble: 0,
+        spilling: 0,
+        spilled_at: Instant::now(),
+        runtime: true,
+        removed: false,
+    }
+}
+
 fn by_name(eps: &[Ep], name: &str) -> ByName {
     let (filtered, plain): (Vec<usize>, Vec<usize>) = eps
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.cfg.subscribes_to(name))
+        .filter(|(_, e)| !e.removed && e.cfg.subscribes_to(name))
         .map(|(i, _)| i)
         .partition(|i| eps[*i].cfg.filter.is_some());
     ByName {
