@@ -9,6 +9,7 @@ pub mod capture;
 pub mod error;
 pub mod objects;
 pub mod policy;
+pub mod primary;
 pub mod relations;
 pub mod setup;
 pub mod teardown;

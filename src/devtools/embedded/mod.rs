@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod error;
 mod host;
+mod standby;
 
 pub use self::error::EmbeddedError;
 use self::error::io_err;
@@ -53,6 +54,8 @@ const LOG_TAIL_LINES: usize = 30;
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     extra_conf: Vec<String>,
+    hba: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl ClusterOptions {
@@ -65,6 +68,24 @@ impl ClusterOptions {
     /// overrides them (e.g. `wal_level=replica` for a negative test).
     pub fn conf(mut self, line: impl Into<String>) -> Self {
         self.extra_conf.push(line.into());
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line. Given any, they replace walhook's `host`
+    /// lines (the `local` ones stay), so a test decides who may connect over
+    /// TCP and how (e.g. `hostssl all all 127.0.0.1/32 scram-sha-256`).
+    /// [`TempCluster::psql`] connects over TCP as `postgres`: keep a line
+    /// that lets it in.
+    pub fn hba(mut self, line: impl Into<String>) -> Self {
+        self.hba.push(line.into());
+        self
+    }
+
+    /// Writes `contents` to `name` in the data directory before the server
+    /// starts, readable by the server only (mode 0600): a certificate or key
+    /// for `ssl = on` (`ssl_cert_file = 'server.crt'` is relative to it).
+    pub fn file(mut self, name: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.into(), contents.into()));
         self
     }
 }
@@ -100,7 +121,21 @@ impl TempCluster {
 
     /// Starts a cluster, appending `opts`' extra configuration lines.
     pub fn start_with(opts: ClusterOptions) -> Result<Self, EmbeddedError> {
-        let bin_dir = find_bin_dir()?;
+        Self::start_on(find_bin_dir()?, opts)
+    }
+
+    /// Starts a cluster with the server programs of `bin_dir` (a test that
+    /// needs a given major version), whatever `WALHOOK_PG_BIN` says.
+    pub fn start_on(bin_dir: PathBuf, opts: ClusterOptions) -> Result<Self, EmbeddedError> {
+        let mut cluster = Self::empty(bin_dir)?;
+        cluster.initdb(&opts)?;
+        cluster.start_on_free_port(&opts.extra_conf)?;
+        Ok(cluster)
+    }
+
+    /// A cluster with its directories and watchdog but no data directory
+    /// yet; from here on, Drop cleans up whatever was created.
+    fn empty(bin_dir: PathBuf) -> Result<Self, EmbeddedError> {
         let run_as = if effective_uid()? == 0 {
             Some(unprivileged_user()?)
         } else {
@@ -118,17 +153,21 @@ impl TempCluster {
             watchdog: None,
             finished: false,
         };
-        // From here on, Drop cleans up whatever was created.
         cluster.prepare_dirs()?;
         cluster.spawn_watchdog()?;
-        cluster.initdb()?;
+        Ok(cluster)
+    }
+
+    /// Writes `walhook.conf` for a free port and starts the server, with a
+    /// fresh port when another process took the first one meanwhile.
+    fn start_on_free_port(&mut self, extra_conf: &[String]) -> Result<(), EmbeddedError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            cluster.port = free_port()?;
-            cluster.write_conf(&opts.extra_conf)?;
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            self.write_conf(extra_conf)?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 Err(EmbeddedError::Start { ref log_tail, .. })
                     if attempt < PORT_ATTEMPTS && is_bind_failure(log_tail) => {}
                 Err(e) => return Err(e),
@@ -342,7 +381,7 @@ rm -rf -- "$3""#;
         Ok(())
     }
 
-    fn initdb(&self) -> Result<(), EmbeddedError> {
+    fn initdb(&self, opts: &ClusterOptions) -> Result<(), EmbeddedError> {
         let mut cmd = self.server_command(self.bin_dir.join("initdb"));
         cmd.arg("-D")
             .arg(&self.data)
@@ -352,7 +391,11 @@ rm -rf -- "$3""#;
         let output = cmd.output().map_err(io_err("running initdb"))?;
         check("initdb", output)?;
         let hba = self.data.join("pg_hba.conf");
-        std::fs::write(&hba, HBA_CONF).map_err(io_err(format!("writing {}", hba.display())))?;
+        std::fs::write(&hba, hba_conf(&opts.hba))
+            .map_err(io_err(format!("writing {}", hba.display())))?;
+        for (name, contents) in &opts.files {
+            self.write_private(name, contents)?;
+        }
         let conf = self.data.join("postgresql.conf");
         let mut file = std::fs::OpenOptions::new()
             .append(true)
@@ -360,6 +403,25 @@ rm -rf -- "$3""#;
             .map_err(io_err(format!("opening {}", conf.display())))?;
         file.write_all(b"\n# Added by walhook: the settings below live in walhook.conf.\ninclude 'walhook.conf'\n")
             .map_err(io_err(format!("writing {}", conf.display())))?;
+        Ok(())
+    }
+
+    /// A file in the data directory only the server's user may read.
+    fn write_private(&self, name: &str, contents: &[u8]) -> Result<(), EmbeddedError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("creating {}", path.display())))?;
+        file.write_all(contents)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        if let Some((uid, gid)) = self.run_as {
+            chown(&path, Some(uid), Some(gid))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+        }
         Ok(())
     }
 
@@ -415,13 +477,26 @@ impl Drop for TempCluster {
     }
 }
 
-const HBA_CONF: &str = "\
-# Written by walhook: a throwaway cluster, loopback only, no passwords.
+/// Local connections are always trusted; TCP ones too, unless the caller
+/// gave lines of its own.
+fn hba_conf(tcp_lines: &[String]) -> String {
+    let mut hba = "\
+# Written by walhook: a throwaway cluster, loopback only.
 local all         all                trust
 local replication all                trust
-host  all         all   127.0.0.1/32 trust
-host  replication all   127.0.0.1/32 trust
-";
+"
+    .to_owned();
+    if tcp_lines.is_empty() {
+        hba.push_str(
+            "host  all         all   127.0.0.1/32 trust\nhost  replication all   127.0.0.1/32 trust\n",
+        );
+    }
+    for line in tcp_lines {
+        hba.push_str(line);
+        hba.push('\n');
+    }
+    hba
+}
 
 /// The settings walhook needs, then the caller's lines (later lines win).
 ///
@@ -523,6 +598,18 @@ mod tests {
         let logical = conf.find("wal_level = logical").expect("logical");
         let replica = conf.find("wal_level=replica").expect("extra line");
         assert!(replica > logical, "extra lines must override ours");
+    }
+
+    #[test]
+    fn hba_lines_replace_the_tcp_defaults() {
+        assert!(hba_conf(&[]).contains("host  all         all   127.0.0.1/32 trust"));
+        let own = hba_conf(&["hostssl all all 127.0.0.1/32 cert".into()]);
+        assert!(own.contains("local all"), "{own}");
+        assert!(!own.contains("host  all"), "{own}");
+        assert!(
+            own.ends_with("hostssl all all 127.0.0.1/32 cert\n"),
+            "{own}"
+        );
     }
 
     #[test]
