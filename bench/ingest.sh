@@ -1,18 +1,11 @@
 #!/bin/sh
-# Issue 2: capture throughput (ingest) and memory on one huge transaction (bigtx).
-# Usage: bench/ingest.sh [ingest|bigtx] [--reps N] [more options, see --help]
-# Without a subcommand it runs both with the given options.
+# Issues 2 and 9: capture of a committed backlog into the ledger
+# (`run --no-dispatch`: every delivery spills, the ingest path) and without
+# an endpoint (decode + map only), against pg_recvlogical draining the same
+# changes; with the ledger in the source database and in a separate one.
+# PostgreSQL runs with fsync = on, synchronous_commit = on.
+# Usage: bench/ingest.sh [--reps N] [more options, see --help]
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release --bin walhook
-case "${1:-}" in
-ingest | bigtx)
-    sub=$1
-    shift
-    cargo run --release --example bench -- "$sub" "$@"
-    ;;
-*)
-    cargo run --release --example bench -- ingest "$@"
-    cargo run --release --example bench -- bigtx "$@"
-    ;;
-esac
+cargo build --release --bin walhook --example bench
+target/release/examples/bench ingest "$@"

@@ -131,3 +131,14 @@ CREATE TABLE IF NOT EXISTS "walhook".backfills (
     requested_at timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE TABLE IF NOT EXISTS "walhook".notices (
+    kind       text NOT NULL,
+    subject    text NOT NULL,
+    level      text NOT NULL CHECK (level IN ('warning', 'error')),
+    message    text NOT NULL,
+    at_lsn     pg_lsn,
+    since      timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, subject)
+);

@@ -31,7 +31,11 @@ pub struct Metrics {
     acked_lsn: AtomicU64,
     last_commit_unix_micros: AtomicI64,
     truncates: AtomicU64,
+    /// Why capture is stopped until the operator acts (`None`: it is not).
+    capture_blocked: Mutex<Option<String>>,
     events_captured: Mutex<BTreeMap<String, u64>>,
+    /// endpoint -> events its content filter kept from it.
+    events_filtered: Mutex<BTreeMap<String, u64>>,
     /// endpoint -> outcome -> count; outcome is `success`, `failure` or `disabled`.
     deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<Histogram>,
@@ -68,6 +72,15 @@ impl Metrics {
         self.truncates.load(Ordering::Relaxed)
     }
 
+    /// Capture is stopped by `why` until the operator acts (`None`: it
+    /// is not, or no longer).
+    pub fn set_capture_blocked(&self, why: Option<String>) {
+        *self.capture_blocked.lock().unwrap() = why;
+    }
+    pub fn capture_blocked(&self) -> Option<String> {
+        self.capture_blocked.lock().unwrap().clone()
+    }
+
     pub fn event_captured(&self, name: &str) {
         let mut m = self.events_captured.lock().unwrap();
         match m.get_mut(name) {
@@ -79,6 +92,21 @@ impl Metrics {
     }
     pub fn events_captured(&self) -> BTreeMap<String, u64> {
         self.events_captured.lock().unwrap().clone()
+    }
+
+    /// Count one event that `endpoint` subscribes to by name but its content
+    /// filter kept from it (rejected, or could not decide).
+    pub fn event_filtered(&self, endpoint: &str) {
+        let mut m = self.events_filtered.lock().unwrap();
+        match m.get_mut(endpoint) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(endpoint.to_string(), 1);
+            }
+        }
+    }
+    pub fn events_filtered(&self) -> BTreeMap<String, u64> {
+        self.events_filtered.lock().unwrap().clone()
     }
 
     /// Count one attempt of `endpoint` ending in `outcome` (`success`,
@@ -152,5 +180,8 @@ mod tests {
         let e = m.events_captured();
         assert_eq!(e["lead.create"], 2);
         assert_eq!(e["user.delete"], 1);
+        m.event_filtered("crm");
+        m.event_filtered("crm");
+        assert_eq!(m.events_filtered()["crm"], 2);
     }
 }

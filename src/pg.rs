@@ -1,18 +1,24 @@
 //! Leaf helpers for talking to PostgreSQL, used by every room above: SQL
 //! quoting, the [`Lsn`] type and its forward-only [`Progress`], unix-time
 //! conversions, error text that keeps the server's message, and the one place
-//! where connections are opened (so connect timeouts, and later TLS, are
-//! decided once).
+//! where connections are opened (so connect timeouts, TLS and authentication
+//! are decided once: [`conninfo`] reads the connection string as libpq does,
+//! `tls` turns its TLS settings into rustls configurations).
 //!
 //! Nothing here knows walhook's tables or configuration.
+
+pub mod conninfo;
+mod tls;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pgwire_replication::{ReplicationConfig, TlsConfig};
+use pgwire_replication::ReplicationConfig;
+use tokio_postgres::config::Host;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
+use self::conninfo::{ConnInfo, SslMode};
 use crate::secret::Secret;
 
 /// An SQL identifier, always double-quoted (`"` doubled inside).
@@ -194,7 +200,11 @@ impl DbError {
 pub enum ConnectError {
     #[error("the database URL is not valid: {0}")]
     Url(String),
-    #[error("cannot connect to the database ({target}): {source}")]
+    /// TLS could not be set up or the handshake failed: a certificate that
+    /// does not verify, a server without TLS, a missing certificate file.
+    #[error("cannot connect to the database ({target}) over TLS: {reason}")]
+    Tls { target: String, reason: String },
+    #[error("cannot connect to the database ({target}): {source}{}", advice(.source))]
     Refused {
         target: String,
         #[source]
@@ -214,38 +224,79 @@ impl ConnectError {
         }
     }
 
-    /// Waiting will not fix it: a bad URL, a refused login, a missing database.
+    /// Waiting will not fix it: a bad URL, a certificate that does not
+    /// verify, a refused login, a missing database.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ConnectError::Url(_))
+        matches!(self, ConnectError::Url(_) | ConnectError::Tls { .. })
             || matches!(self.sqlstate(), Some("28P01" | "28000" | "3D000"))
     }
 }
 
+/// What to do about a refused login, after the server's own words (which
+/// say what happened but not what to change on walhook's side).
+fn advice(e: &DbError) -> &'static str {
+    let Some(db) = e.0.as_db_error() else {
+        return "";
+    };
+    let message = db.message();
+    match db.code().code() {
+        "28P01" => {
+            ". The password is wrong for this role: check the one in the database URL (source.url, or the variable url_env names)"
+        }
+        "28000"
+            if message.contains("no pg_hba.conf entry") && message.contains("no encryption") =>
+        {
+            ". pg_hba.conf has no line that lets this role in without TLS: if the server takes it over TLS (a hostssl line), add sslmode=require (or verify-full with sslrootcert) to the URL; otherwise the DBA must add a line for this host, role and database"
+        }
+        "28000" if message.contains("no pg_hba.conf entry") => {
+            ". pg_hba.conf has no line for this host, role and database: the DBA must add one (e.g. `hostssl <db> <role> <walhook's address> scram-sha-256`) and reload PostgreSQL"
+        }
+        "28000" if message.contains("requires a valid client certificate") => {
+            ". The server authenticates this role by certificate (`cert` in pg_hba.conf): give sslcert and sslkey in the URL"
+        }
+        "28000" if message.contains("certificate authentication failed") => {
+            ". The client certificate's common name (CN) must be the role's name, or map to it in pg_ident.conf"
+        }
+        "28000" if message.contains("rejects connection") => {
+            ". A `reject` line in pg_hba.conf matches this host, role and database"
+        }
+        "28000" if message.contains("not permitted to log in") => {
+            ". The role lacks LOGIN: ALTER ROLE ... LOGIN"
+        }
+        "3D000" => ". Check the database name in the URL",
+        _ => "",
+    }
+}
+
+/// Parses a libpq-style URL or key=value string, TLS keys included.
+pub fn parse_conninfo(url: &Secret) -> Result<ConnInfo, ConnectError> {
+    conninfo::parse(url.expose()).map_err(|e| ConnectError::Url(e.to_string()))
+}
+
 /// Parses a libpq-style URL or key=value string.
 pub fn parse_url(url: &Secret) -> Result<tokio_postgres::Config, ConnectError> {
-    url.expose()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| ConnectError::Url(e.to_string()))
+    parse_conninfo(url).map(|info| info.pg)
+}
+
+/// The first host of `cfg`, as it is named in messages and TLS.
+fn first_host(cfg: &tokio_postgres::Config) -> String {
+    match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    }
 }
 
 /// A connection target with the password hidden, for messages:
 /// `user@host:port/db`.
 pub fn describe_target(url: &Secret) -> String {
-    match url.expose().parse::<tokio_postgres::Config>() {
-        Ok(cfg) => {
-            let host = cfg
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
+    match conninfo::parse(url.expose()) {
+        Ok(ConnInfo { pg: cfg, .. }) => {
             let port = cfg.get_ports().first().copied().unwrap_or(5432);
             format!(
                 "{}@{}:{}/{}",
                 cfg.get_user().unwrap_or("?"),
-                host,
+                first_host(&cfg),
                 port,
                 cfg.get_dbname().unwrap_or("?")
             )
@@ -258,8 +309,8 @@ pub fn describe_target(url: &Secret) -> String {
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a connection (its driver runs on its own task). `timeout` bounds the
-/// whole login: TCP, authentication and a first round trip, so a server that
-/// accepts TCP and never answers cannot hang the caller.
+/// whole login: TCP, TLS, authentication and a first round trip, so a server
+/// that accepts TCP and never answers cannot hang the caller.
 pub async fn connect(
     url: &Secret,
     application_name: &str,
@@ -276,7 +327,8 @@ pub async fn connect_notifying(
     timeout: Duration,
     on_notification: impl Fn(&str) + Send + 'static,
 ) -> Result<Client, ConnectError> {
-    let mut cfg = parse_url(url)?;
+    let ConnInfo { pg: mut cfg, tls } = parse_conninfo(url)?;
+    let target = || describe_target(url);
     cfg.application_name(application_name);
     // Idempotent DDL (`IF NOT EXISTS`) would otherwise fill the log with NOTICEs.
     let options = format!(
@@ -285,35 +337,68 @@ pub async fn connect_notifying(
     );
     cfg.options(options.trim());
     cfg.connect_timeout(timeout);
-    let target = || describe_target(url);
+    cfg.ssl_mode(driver_ssl_mode(&cfg, tls.mode));
+    let connector = tls::connector(&tls).map_err(|reason| ConnectError::Tls {
+        target: target(),
+        reason,
+    })?;
     let login = async {
-        let (client, mut conn) = cfg.connect(NoTls).await?;
-        tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => on_notification(n.channel()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "database connection closed");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        });
+        let (client, conn) = cfg.connect(connector).await?;
+        tokio::spawn(drive(conn, on_notification));
         client.simple_query("").await?;
         Ok::<_, tokio_postgres::Error>(client)
     };
     match tokio::time::timeout(timeout, login).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(ConnectError::Refused {
-            target: target(),
-            source: DbError(e),
+        Ok(Err(e)) => Err(match tls::explain(&e, &tls, &first_host(&cfg)) {
+            Some(reason) => ConnectError::Tls {
+                target: target(),
+                reason,
+            },
+            None => ConnectError::Refused {
+                target: target(),
+                source: DbError(e),
+            },
         }),
         Err(_) => Err(ConnectError::Timeout {
             target: target(),
             after: timeout,
         }),
+    }
+}
+
+/// tokio-postgres' `sslmode` for libpq's `mode`: it knows no verify modes
+/// (the rustls configuration does the verifying), and, as in libpq, a Unix
+/// socket never uses TLS (the server offers none there).
+fn driver_ssl_mode(cfg: &tokio_postgres::Config, mode: SslMode) -> tokio_postgres::config::SslMode {
+    use tokio_postgres::config::SslMode as Driver;
+    let hosts = cfg.get_hosts();
+    if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_))) {
+        return Driver::Disable;
+    }
+    match mode {
+        SslMode::Disable => Driver::Disable,
+        SslMode::Prefer => Driver::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Driver::Require,
+    }
+}
+
+/// Runs a connection until it closes, handing NOTIFY channels on.
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, on_notification: impl Fn(&str))
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => on_notification(n.channel()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "database connection closed");
+                break;
+            }
+            None => break,
+        }
     }
 }
 
@@ -344,8 +429,9 @@ pub async fn connect_within(
 }
 
 /// Settings for a logical replication session on `slot` with pgoutput over
-/// `publication`, from the database URL (its first host). The caller adds
-/// what is specific to its session (start position, status interval, options).
+/// `publication`, from the database URL (its first host), TLS included. The
+/// caller adds what is specific to its session (start position, status
+/// interval, options).
 pub fn replication_config(
     url: &Secret,
     slot: &str,
@@ -358,14 +444,17 @@ pub fn replication_config(
 /// (`host=a,b port=5432,5433`, or `postgres://u@a:5432,b:5433/db`): the
 /// replication connection takes one host, so the caller picks the primary.
 /// Never empty. As libpq, one port applies to every host, or each host has
-/// its own.
+/// its own; so does `hostaddr`.
 pub fn replication_configs(
     url: &Secret,
     slot: &str,
     publication: &str,
 ) -> Result<Vec<ReplicationConfig>, ConnectError> {
-    use tokio_postgres::config::Host;
-    let pg = parse_url(url)?;
+    let info = parse_conninfo(url)?;
+    if let Some(why) = info.replication_refusal() {
+        return Err(ConnectError::Url(why.into()));
+    }
+    let ConnInfo { pg, tls } = info;
     let user = pg.get_user().unwrap_or("postgres").to_string();
     let password = pg
         .get_password()
@@ -376,10 +465,6 @@ pub fn replication_configs(
     // Names inside publication_names are split like identifiers: quote ours
     // so that a mixed-case name is not folded to lower case.
     let publication = quote_ident(publication);
-    let tls = match pg.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
     let localhost = [Host::Tcp("localhost".into())];
     let hosts = match pg.get_hosts() {
         [] => &localhost[..],
@@ -392,28 +477,44 @@ pub fn replication_configs(
             ports.len()
         )));
     }
-    let configs = hosts.iter().enumerate().map(|(i, host)| {
+    let mut configs = Vec::with_capacity(hosts.len());
+    for (i, host) in hosts.iter().enumerate() {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         let (user, password, dbname) = (user.clone(), password.clone(), dbname.clone());
         let (slot, publication) = (slot.to_string(), publication.clone());
-        match host {
-            Host::Unix(dir) => ReplicationConfig::unix(
-                dir.display().to_string(),
-                port,
-                user,
-                password,
-                dbname,
-                slot,
-                publication,
-            ),
-            Host::Tcp(h) => {
-                ReplicationConfig::new(h.clone(), user, password, dbname, slot, publication)
-                    .with_port(port)
-                    .with_tls(tls.clone())
+        let h = match host {
+            Host::Unix(dir) => {
+                // pgwire-replication uses no TLS on a socket, as libpq.
+                configs.push(ReplicationConfig::unix(
+                    dir.display().to_string(),
+                    port,
+                    user,
+                    password,
+                    dbname,
+                    slot,
+                    publication,
+                ));
+                continue;
             }
-        }
-    });
-    Ok(configs.collect())
+            Host::Tcp(h) => h,
+        };
+        // With hostaddr, connect there and still check the certificate (and
+        // send SNI) for the host name, as libpq.
+        let address = pg
+            .get_hostaddrs()
+            .get(i)
+            .map_or_else(|| h.clone(), |a| a.to_string());
+        let tls = tls::replication_tls(&tls, h).map_err(|reason| ConnectError::Tls {
+            target: describe_target(url),
+            reason,
+        })?;
+        configs.push(
+            ReplicationConfig::new(address, user, password, dbname, slot, publication)
+                .with_port(port)
+                .with_tls(tls),
+        );
+    }
+    Ok(configs)
 }
 
 #[cfg(test)]

@@ -98,6 +98,16 @@ pub fn status(s: &Status) -> String {
             slot.name
         );
     }
+    for (i, n) in s.notices.iter().enumerate() {
+        let head = if i == 0 { "notices" } else { "" };
+        let _ = writeln!(
+            out,
+            "{head:<10} {} {} (since {})",
+            n.level.as_str(),
+            clean(&n.message),
+            n.since
+        );
+    }
     let _ = writeln!(out, "events     {} captured", s.events.total);
     for (name, n) in &s.events.by_name {
         let _ = writeln!(out, "             {name:<24} {n}");

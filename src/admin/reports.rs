@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, EndpointConfig, SigningScheme};
 use crate::dispatch::http;
 use crate::ledger::history::{EndpointRow, UnknownState};
+use crate::ledger::notices::NoticeView;
 use crate::ledger::prune::LedgerSize;
 use crate::ledger::queue::Requeue;
 use crate::ledger::{Ledger, LedgerError};
@@ -130,6 +131,9 @@ pub struct Status {
     pub endpoints: Vec<EndpointState>,
     /// TRUNCATEs of mapped tables seen (they emit no row events).
     pub truncates: i64,
+    /// What capture reported: a blocked capture (error), schema drift it
+    /// follows (warnings).
+    pub notices: Vec<NoticeView>,
 }
 
 /// `deliveries show`: a delivery id gives one delivery; an event id gives
@@ -392,6 +396,7 @@ impl<'a> Reports<'a> {
             deliveries: counts.all,
             endpoints,
             truncates: self.ledger.truncates(client).await?,
+            notices: self.ledger.notices(client).await?,
         })
     }
 

@@ -53,3 +53,23 @@ pub(super) fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error>
         }
     })
 }
+
+pub(super) fn positive_usize_opt<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    checked(d, |n: i64| at_least_one::<usize>(n).map(Some))
+}
+
+/// A rate in requests per second: a number above zero (`0.5` is one request
+/// every two seconds).
+pub(super) fn positive_rate_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    checked(d, |r: f64| {
+        if r.is_finite() && r > 0.0 {
+            Ok(Some(r))
+        } else {
+            Err(format!(
+                "{r} is out of range; expected requests per second above 0, like 10 or 0.5"
+            ))
+        }
+    })
+}

@@ -21,8 +21,9 @@ use std::path::Path;
 pub use self::duration::duration_from_str;
 pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
 pub use self::types::{
-    AdminConfig, DeliveryConfig, EndpointConfig, HeaderPrefix, KeepBodies, LedgerConfig,
-    ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme, SourceConfig,
+    AdminConfig, DeliveryConfig, EndpointConfig, ExtraHeader, HeaderPrefix, KeepBodies,
+    LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig, SigningScheme,
+    SourceConfig,
 };
 pub use crate::secret::Secret;
 
@@ -83,7 +84,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let file = parse::read(text, origin)?;
-        validate::Validator { origin, env }.config(file)
+        validate::Validator { origin, env, text }.config(file)
     }
 
     /// The mapped object for a table, by its exact schema and table name.

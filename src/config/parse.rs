@@ -2,15 +2,18 @@
 //! defaults, every single-key check done while deserializing), and TOML
 //! errors turned into messages with the file, the line and the key path.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::Deserializer;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use toml::Spanned;
 
 use super::ConfigError;
-use super::de::checked;
+use super::de::{checked, positive_rate_opt, positive_usize_opt};
 use super::duration;
-use super::types::{DeliveryConfig, KeepBodies, ReplicaIdentity, SigningScheme};
+use super::types::{DeliveryConfig, KeepBodies, ReplicaIdentity, RetryConfig, SigningScheme};
+use crate::event::expr::ContentFilter;
 
 /// The whole file. `[delivery]` is already its public type; the other tables
 /// have `*_env` keys that the validation pass resolves.
@@ -29,6 +32,10 @@ pub(super) struct ConfigFile {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub admin: AdminFile,
+    /// `[delivery.retry]` as written, for the endpoints' `retry` tables to
+    /// be laid over.
+    #[serde(skip)]
+    pub global_retry: toml::Table,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +110,8 @@ pub(super) struct ObjectFile {
     pub slug: String,
     #[serde(default, deserialize_with = "column_names")]
     pub exclude_columns: Vec<String>,
+    #[serde(default, deserialize_with = "watched_columns")]
+    pub when_changed: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +133,50 @@ pub(super) struct EndpointFile {
     pub timeout: Duration,
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// The keys of `[delivery.retry]` this endpoint sets, with where.
+    pub retry: Option<RetryTable>,
+    pub headers: Option<BTreeMap<String, HeaderSource>>,
+    #[serde(default, deserialize_with = "positive_rate_opt")]
+    pub rate_limit: Option<f64>,
+    #[serde(default, deserialize_with = "positive_usize_opt")]
+    pub max_in_flight: Option<usize>,
+    pub filter: Option<Spanned<String>>,
+}
+
+/// An endpoint's `retry` table, each value with its place in the file.
+pub(super) type RetryTable = BTreeMap<String, Spanned<toml::Value>>;
+
+/// An extra header's value: the value itself, or `{ env = "VAR" }`.
+pub(super) enum HeaderSource {
+    Value(String),
+    Env(String),
+}
+
+impl<'de> Deserialize<'de> for HeaderSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or { env = \"VARIABLE\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HeaderSource, E> {
+                Ok(HeaderSource::Value(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderSource, A::Error> {
+                let mut env = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "env" {
+                        return Err(de::Error::unknown_field(&key, &["env"]));
+                    }
+                    env = Some(map.next_value::<String>()?);
+                }
+                env.map(HeaderSource::Env)
+                    .ok_or_else(|| de::Error::custom("expected { env = \"VARIABLE\" }"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn all_events() -> Vec<String> {
@@ -160,15 +213,87 @@ impl Default for AdminFile {
 
 /// Parse `text` into the file shape; errors name `origin`, the line and the key.
 pub(super) fn read(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
-    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+    let mut file: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            // The root path prints as "."; syntax errors come before any key.
+            let path = (path != ".").then_some(path);
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                message: describe(text, path.as_deref(), e.inner()),
+            }
+        })?;
+    // The file parsed once already, so this cannot fail; an empty table
+    // would only mean no global keys to inherit.
+    let raw: toml::Table = text.parse().unwrap_or_default();
+    if let Some(toml::Value::Table(delivery)) = raw.get("delivery")
+        && let Some(toml::Value::Table(retry)) = delivery.get("retry")
+    {
+        file.global_retry = retry.clone();
+    }
+    Ok(file)
+}
+
+/// An endpoint's retry policy: its `retry` table laid over `[delivery.retry]`
+/// (`global`) key by key, read as [`RetryConfig`] with the same checks.
+/// Errors name `endpoints[i].retry.<key>` and the key's line.
+pub(super) fn retry_overlay(
+    text: &str,
+    origin: &str,
+    i: usize,
+    global: &toml::Table,
+    own: &RetryTable,
+) -> Result<RetryConfig, ConfigError> {
+    let mut merged = global.clone();
+    for (key, value) in own {
+        merged.insert(key.clone(), value.get_ref().clone());
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
         let path = e.path().to_string();
-        // The root path prints as "."; syntax errors come before any key.
-        let path = (path != ".").then_some(path);
+        let key = (path != ".").then_some(path);
+        let full = key.as_ref().map(|k| format!("endpoints[{i}].retry.{k}"));
+        let message = describe("", full.as_deref(), e.inner());
+        let line = key
+            .as_deref()
+            .and_then(|k| own.get(k.split(['[', '.']).next().unwrap_or(k)))
+            .or_else(|| own.values().next())
+            .map(|v| line_at(text, v.span().start));
         ConfigError::Parse {
             path: origin.to_owned(),
-            message: describe(text, path.as_deref(), e.inner()),
+            message: match line {
+                Some(n) => format!("line {n}: {message}"),
+                None => message,
+            },
         }
     })
+}
+
+/// An endpoint's `filter`, compiled; an error names the endpoint, the line
+/// of the key and the position within the expression.
+pub(super) fn compile_filter(
+    text: &str,
+    origin: &str,
+    i: usize,
+    id: &str,
+    filter: &Spanned<String>,
+) -> Result<ContentFilter, ConfigError> {
+    ContentFilter::compile(filter.get_ref()).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: format!(
+            "line {}: `endpoints[{i}].filter` (endpoint {id:?}): invalid expression at {e}",
+            line_at(text, filter.span().start)
+        ),
+    })
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// `line N: <what>`, where what names the key path (for an unknown key, the
@@ -204,14 +329,7 @@ fn describe(text: &str, path: Option<&str>, e: &toml::de::Error) -> String {
     } else {
         raw
     };
-    let line = e.span().map(|span| {
-        let end = span.start.min(text.len());
-        text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
-    });
+    let line = e.span().map(|span| line_at(text, span.start));
     match line {
         Some(n) => format!("line {n}: {body}"),
         None => body,
@@ -229,7 +347,11 @@ fn missing_hint(field: &str) -> &'static str {
 }
 
 /// Keys whose values may be secrets: their values never appear in a message.
+/// Extra headers are all treated as secrets (one may be an API key).
 fn is_secret_path(path: &str) -> bool {
+    if path.contains(".headers") {
+        return true;
+    }
     let leaf = path.rsplit('.').next().unwrap_or(path);
     let leaf = leaf.split('[').next().unwrap_or(leaf);
     matches!(leaf, "url" | "secret" | "secrets" | "token")
@@ -337,6 +459,28 @@ fn column_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
             Err("column names must not be empty".into())
         } else {
             Ok(columns)
+        }
+    })
+}
+
+/// `when_changed`: a non-empty list of column names, each once.
+fn watched_columns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    checked(d, |columns: Vec<String>| {
+        if columns.is_empty() {
+            return Err(
+                "an empty list would drop every update; remove the key to send every update".into(),
+            );
+        }
+        if columns.iter().any(String::is_empty) {
+            return Err("column names must not be empty".into());
+        }
+        match columns
+            .iter()
+            .enumerate()
+            .find(|(n, c)| columns[..*n].contains(c))
+        {
+            Some((_, c)) => Err(format!("column {c:?} is listed twice")),
+            None => Ok(columns),
         }
     })
 }

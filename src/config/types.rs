@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::keys::EndpointSecrets;
 use super::{de, duration};
+use crate::event::expr::ContentFilter;
 use crate::pg::quote_ident;
 use crate::secret::Secret;
 
@@ -111,6 +112,9 @@ pub struct ObjectConfig {
     pub slug: String,
     /// Columns never shown in any event body. Default empty.
     pub exclude_columns: Vec<String>,
+    /// Update events only when one of these columns changed (creates and
+    /// deletes are not affected). Empty (the default): any included column.
+    pub when_changed: Vec<String>,
 }
 
 impl ObjectConfig {
@@ -161,6 +165,18 @@ pub struct EndpointConfig {
     /// Per-attempt timeout. Default 10s.
     pub timeout: Duration,
     pub allow_insecure_http: bool,
+    /// The retry policy of this endpoint: its `retry` table laid over
+    /// `[delivery.retry]` key by key (the global policy without one).
+    pub retry: RetryConfig,
+    /// Extra request headers (`headers`), names checked at load.
+    pub headers: Vec<ExtraHeader>,
+    /// Requests per second at most, per process (`rate_limit`). Default none.
+    pub rate_limit: Option<f64>,
+    /// Attempts open at once at most, across every process (`max_in_flight`).
+    /// Default none (the fair share of `delivery.max_in_flight`).
+    pub max_in_flight: Option<usize>,
+    /// Events pass only when this expression is true (`filter`). Default none.
+    pub filter: Option<ContentFilter>,
 }
 
 impl EndpointConfig {
@@ -168,6 +184,23 @@ impl EndpointConfig {
     pub fn subscribes_to(&self, name: &str) -> bool {
         crate::event::filter::subscribed(&self.events, name)
     }
+
+    /// Whether every delivery of it is served from the retry ledger, where
+    /// `rate_limit` and `max_in_flight` hold (no first attempts from the
+    /// stream).
+    pub fn ledger_only(&self) -> bool {
+        self.rate_limit.is_some() || self.max_in_flight.is_some()
+    }
+}
+
+/// One extra request header of an endpoint. The value may be a credential
+/// (an API key for the receiver): it is a [`Secret`], sent marked sensitive
+/// and recorded masked.
+#[derive(Debug, Clone)]
+pub struct ExtraHeader {
+    pub name: HeaderName,
+    /// Checked at load to be a valid header value.
+    pub value: Secret,
 }
 
 /// `delivery.ordering`: whether a row's events reach an endpoint in order (SPEC §6).

@@ -2,13 +2,18 @@
 //! environment and checks what involves more than one key (uniqueness, the
 //! lease against endpoint timeouts, secrets against signing schemes...).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use reqwest::header::{HeaderName, HeaderValue};
+
 use super::keys::EndpointSecrets;
-use super::parse::{AdminFile, ConfigFile, EndpointFile, LedgerFile, ObjectFile, SourceFile};
+use super::parse::{
+    self, AdminFile, ConfigFile, EndpointFile, HeaderSource, LedgerFile, ObjectFile, SourceFile,
+};
 use super::types::{
-    AdminConfig, DeliveryConfig, EndpointConfig, LedgerConfig, ObjectConfig, SigningScheme,
-    SourceConfig,
+    AdminConfig, DeliveryConfig, EndpointConfig, ExtraHeader, HeaderPrefix, LedgerConfig,
+    ObjectConfig, RetryConfig, SigningScheme, SourceConfig,
 };
 use super::{Config, ConfigError};
 use crate::secret::Secret;
@@ -19,6 +24,8 @@ type Res<T> = Result<T, ConfigError>;
 pub(super) struct Validator<'a> {
     pub origin: &'a str,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The file's text, for the lines of keys checked after parsing.
+    pub text: &'a str,
 }
 
 impl Validator<'_> {
@@ -34,7 +41,7 @@ impl Validator<'_> {
         let source = self.source(file.source)?;
         let ledger = self.ledger(file.ledger, &source)?;
         let objects = self.objects(file.objects)?;
-        let endpoints = self.endpoints(file.endpoints)?;
+        let endpoints = self.endpoints(file.endpoints, &file.delivery, &file.global_retry)?;
         self.delivery(&file.delivery, &endpoints)?;
         let admin = self.admin(file.admin)?;
         Ok(Config {
@@ -99,7 +106,7 @@ impl Validator<'_> {
         let (url_key, url) = self
             .value_or_env("source", "url", file.url, env_name)?
             .ok_or_else(|| self.invalid("source.url", "missing; set `url` or `url_env`"))?;
-        self.database_url(&url_key, &url)?;
+        self.database_url(&url_key, &url, true)?;
         Ok(SourceConfig {
             url: Secret::new(url),
             name: file.name,
@@ -112,21 +119,22 @@ impl Validator<'_> {
         })
     }
 
-    /// A PostgreSQL connection string walhook can use.
-    fn database_url(&self, key: &str, url: &str) -> Res<()> {
-        match url.parse::<tokio_postgres::Config>() {
+    /// A PostgreSQL connection string walhook can use, TLS keys included
+    /// (libpq's meaning of `sslmode`, `sslrootcert`, `sslcert`, `sslkey`);
+    /// `replication` when capture also opens its replication connection with it.
+    fn database_url(&self, key: &str, url: &str, replication: bool) -> Res<()> {
+        match crate::pg::conninfo::parse(url) {
             // The parser's message may quote the value, which holds the password.
-            Err(_) => Err(self.invalid(
+            Err(crate::pg::conninfo::ConnInfoError::Syntax(_)) => Err(self.invalid(
                 key,
                 "not a valid PostgreSQL connection string; expected postgres://user:password@host:5432/dbname or \"host=... user=... dbname=...\"",
             )),
-            Ok(pg) if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
-                Err(self.invalid(
-                    key,
-                    "sslmode=require is not supported yet: walhook's database connections have no TLS. Connect over a trusted network (sslmode=disable or prefer) or through a local TLS-terminating proxy",
-                ))
-            }
-            Ok(_) => Ok(()),
+            // These quote only TLS keys and their values.
+            Err(e @ crate::pg::conninfo::ConnInfoError::Tls(_)) => Err(self.invalid(key, e.to_string())),
+            Ok(info) => match info.replication_refusal().filter(|_| replication) {
+                Some(why) => Err(self.invalid(key, why)),
+                None => Ok(()),
+            },
         }
     }
 
@@ -135,7 +143,7 @@ impl Validator<'_> {
             // The same database as the source is not a separate one.
             Some((_, url)) if url == source.url.expose() => None,
             Some((key, url)) => {
-                self.database_url(&key, &url)?;
+                self.database_url(&key, &url, false)?;
                 Some(Secret::new(url))
             }
             None => None,
@@ -177,20 +185,36 @@ impl Validator<'_> {
                     format!("table {schema}.{table} is already mapped by objects[{other}]; map each table once"),
                 ));
             }
+            if let Some(c) = file
+                .when_changed
+                .iter()
+                .find(|c| file.exclude_columns.contains(c))
+            {
+                return Err(self.invalid(
+                    format!("objects[{i}].when_changed"),
+                    format!("column {c:?} is also in exclude_columns; an excluded column cannot decide which updates are sent"),
+                ));
+            }
             out.push(ObjectConfig {
                 schema,
                 table,
                 slug,
                 exclude_columns: file.exclude_columns,
+                when_changed: file.when_changed,
             });
         }
         Ok(out)
     }
 
-    fn endpoints(&self, files: Vec<EndpointFile>) -> Res<Vec<EndpointConfig>> {
+    fn endpoints(
+        &self,
+        files: Vec<EndpointFile>,
+        delivery: &DeliveryConfig,
+        global_retry: &toml::Table,
+    ) -> Res<Vec<EndpointConfig>> {
         let mut out: Vec<EndpointConfig> = Vec::with_capacity(files.len());
         for (i, file) in files.into_iter().enumerate() {
-            let ep = self.endpoint(i, file)?;
+            let ep = self.endpoint(i, file, delivery, global_retry)?;
             if let Some(other) = out.iter().position(|e| e.id == ep.id) {
                 return Err(self.invalid(
                     format!("endpoints[{i}].id"),
@@ -205,7 +229,13 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn endpoint(&self, i: usize, file: EndpointFile) -> Res<EndpointConfig> {
+    fn endpoint(
+        &self,
+        i: usize,
+        file: EndpointFile,
+        delivery: &DeliveryConfig,
+        global_retry: &toml::Table,
+    ) -> Res<EndpointConfig> {
         let base = format!("endpoints[{i}]");
         let (url_key, url_text) = self
             .value_or_env(&base, "url", file.url.clone(), file.url_env.clone())?
@@ -224,6 +254,28 @@ impl Validator<'_> {
                 format!("\"standard-webhooks\" signing needs every secret in the form whsec_<base64>; secret #{} is not (its value is not shown)", n + 1),
             ));
         }
+        let retry = match &file.retry {
+            Some(own) => {
+                let r = parse::retry_overlay(self.text, self.origin, i, global_retry, own)?;
+                self.retry_checks(&format!("{base}.retry"), &r)?;
+                r
+            }
+            None => delivery.retry.clone(),
+        };
+        let headers = match &file.headers {
+            Some(h) => self.endpoint_headers(&base, h, &delivery.header_prefix)?,
+            None => Vec::new(),
+        };
+        let filter = match &file.filter {
+            Some(f) => Some(parse::compile_filter(
+                self.text,
+                self.origin,
+                i,
+                &file.id,
+                f,
+            )?),
+            None => None,
+        };
         Ok(EndpointConfig {
             id: file.id,
             url,
@@ -232,7 +284,61 @@ impl Validator<'_> {
             signing: file.signing,
             timeout: file.timeout,
             allow_insecure_http: file.allow_insecure_http,
+            retry,
+            headers,
+            rate_limit: file.rate_limit,
+            max_in_flight: file.max_in_flight,
+            filter,
         })
+    }
+
+    /// An endpoint's extra headers: names a receiver may be sent (not
+    /// walhook's own, not hop-by-hop or framing ones), values resolved and
+    /// valid. Values are never quoted.
+    fn endpoint_headers(
+        &self,
+        base: &str,
+        headers: &BTreeMap<String, HeaderSource>,
+        prefix: &HeaderPrefix,
+    ) -> Res<Vec<ExtraHeader>> {
+        let mut out: Vec<ExtraHeader> = Vec::with_capacity(headers.len());
+        for (written, source) in headers {
+            let key = format!("{base}.headers.{written}");
+            let name = HeaderName::from_bytes(written.as_bytes()).map_err(|_| {
+                self.invalid(
+                    &key,
+                    "not a valid header name; expected letters, digits and `-`, like \"x-api-key\"",
+                )
+            })?;
+            if let Some(why) = reserved_header(name.as_str(), prefix) {
+                return Err(self.invalid(&key, format!("`{name}` cannot be set here: {why}")));
+            }
+            if out.iter().any(|h| h.name == name) {
+                return Err(self.invalid(
+                    &key,
+                    format!("header `{name}` is set twice (names are case-insensitive)"),
+                ));
+            }
+            let (key, value) = match source {
+                HeaderSource::Value(v) => (key, v.clone()),
+                HeaderSource::Env(var) => {
+                    let key = format!("{key}.env");
+                    let value = self.env_var(&key, var)?;
+                    (key, value)
+                }
+            };
+            if value.trim().is_empty() {
+                return Err(self.invalid(&key, "must not be empty"));
+            }
+            if HeaderValue::from_str(&value).is_err() {
+                return Err(self.invalid(&key, "not a valid header value (visible ASCII, spaces and tabs only; the value is not shown)"));
+            }
+            out.push(ExtraHeader {
+                name,
+                value: Secret::new(value),
+            });
+        }
+        Ok(out)
     }
 
     /// Parse and check an endpoint URL. The URL is never quoted in a message: it
@@ -329,10 +435,15 @@ impl Validator<'_> {
                 format!("no endpoint has id {id:?} (endpoints: {known})"),
             ));
         }
-        let r = &d.retry;
+        self.retry_checks("delivery.retry", &d.retry)
+    }
+
+    /// What a retry policy must hold across its keys; `table` names it in
+    /// messages (`delivery.retry`, `endpoints[0].retry`).
+    fn retry_checks(&self, table: &str, r: &RetryConfig) -> Res<()> {
         if r.max_interval < r.initial {
             return Err(self.invalid(
-                "delivery.retry.max_interval",
+                format!("{table}.max_interval"),
                 format!(
                     "{} is shorter than `initial` ({})",
                     humantime::format_duration(r.max_interval),
@@ -342,7 +453,7 @@ impl Validator<'_> {
         }
         if r.max_attempts.is_some() && r.schedule.is_none() {
             return Err(self.invalid(
-                "delivery.retry.max_attempts",
+                format!("{table}.max_attempts"),
                 "only applies with `schedule`; set a schedule or remove it",
             ));
         }
@@ -374,6 +485,40 @@ impl Validator<'_> {
             ));
         }
         Ok(AdminConfig { listen, token })
+    }
+}
+
+/// Why a header name is not one an endpoint may set, if it is not.
+fn reserved_header(name: &str, prefix: &HeaderPrefix) -> Option<&'static str> {
+    const FRAMING: [&str; 12] = [
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    ];
+    if FRAMING.contains(&name) {
+        Some("walhook or HTTP itself sets it")
+    } else if name == "user-agent" {
+        Some("walhook sends `walhook/<version>`")
+    } else if name
+        .strip_prefix(prefix.as_str())
+        .is_some_and(|rest| rest.starts_with('-'))
+    {
+        Some("walhook's own headers use the `delivery.header_prefix` prefix")
+    } else if name.starts_with("webhook-") {
+        Some("`webhook-*` are the Standard Webhooks headers walhook signs")
+    } else if name.starts_with("proxy-") {
+        Some("proxy headers are hop-by-hop")
+    } else {
+        None
     }
 }
 

@@ -489,6 +489,11 @@ mod tests {
             signing: signing.to_vec(),
             timeout: Duration::from_secs(1),
             allow_insecure_http: false,
+            retry: Default::default(),
+            headers: Vec::new(),
+            rate_limit: None,
+            max_in_flight: None,
+            filter: None,
         };
         sign::signed_headers(
             &ep,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::dispatch::http::{self, AttemptRecord};
 use crate::dispatch::leases::Leases;
+use crate::dispatch::limits::Limits;
 use crate::dispatch::outcome::{self, BatchOutcomes, Health};
 use crate::dispatch::sign;
 use crate::dispatch::stream::StreamDeps;
@@ -30,6 +31,9 @@ const STOP_GRACE: Duration = Duration::from_millis(2_500);
 /// How long the loop sleeps at most when nothing is due and nothing woke it
 /// (a safety net: wake-ups come from NOTIFY and the in-process signal).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How soon due deliveries that could not be claimed are looked at again.
+const BLOCKED_POLL: Duration = Duration::from_millis(10);
+const LIMITED_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -79,45 +83,6 @@ struct Done {
     headers: HeaderMap,
 }
 
-/// Concurrency: `max` attempts at once, and each endpoint a fair share of
-/// them, so one that hangs until its timeout cannot hold back the others.
-struct Slots {
-    max: usize,
-    per_endpoint: usize,
-    used: HashMap<String, usize>,
-}
-
-impl Slots {
-    fn new(max: usize, endpoints: &[String]) -> Slots {
-        Slots {
-            max,
-            per_endpoint: (max / endpoints.len().max(1)).max(1),
-            used: HashMap::new(),
-        }
-    }
-
-    /// How many more each of `endpoints` may have in flight.
-    fn limits(&self, endpoints: &[String]) -> Vec<i64> {
-        endpoints
-            .iter()
-            .map(|id| {
-                let used = self.used.get(id).copied().unwrap_or(0);
-                self.per_endpoint.saturating_sub(used) as i64
-            })
-            .collect()
-    }
-
-    fn take(&mut self, endpoint: &str) {
-        *self.used.entry(endpoint.to_string()).or_default() += 1;
-    }
-
-    fn release(&mut self, endpoint: &str) {
-        if let Some(n) = self.used.get_mut(endpoint) {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 struct Dispatcher<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
@@ -127,7 +92,6 @@ struct Dispatcher<'a> {
     ledger: Ledger,
     db: Client,
     endpoints: HashMap<String, EndpointConfig>,
-    endpoint_ids: Vec<String>,
     health: Health,
     /// Deliveries this dispatcher has claimed and not yet recorded.
     held: std::collections::HashSet<i64>,
@@ -159,7 +123,6 @@ impl<'a> Dispatcher<'a> {
                 .map(|e| (e.id.clone(), e.clone()))
                 .collect(),
             health: Health::new(cfg),
-            endpoint_ids,
             held: Default::default(),
         };
         let result = d.run_loop(&wake, shutdown).await;
@@ -173,21 +136,21 @@ impl<'a> Dispatcher<'a> {
         shutdown: &CancellationToken,
     ) -> Result<(), DispatchError> {
         let max = self.cfg.delivery.max_in_flight;
-        let mut slots = Slots::new(max, &self.endpoint_ids);
+        let mut limits = Limits::new(max, &self.cfg.endpoints, Instant::now());
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut done: Vec<Done> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
                 return self.stop(inflight, done).await;
             }
-            let claimed_any = self.claim(&mut slots, &mut inflight).await?;
+            let claimed_any = self.claim(&mut limits, &mut inflight).await?;
             // Collect whatever has finished, then record it in one statement.
             while let Some(r) = inflight.try_join_next() {
                 done.extend(r.ok());
             }
             if !done.is_empty() {
                 for d in &done {
-                    slots.release(&d.claimed.endpoint_id);
+                    limits.released(&d.claimed.endpoint_id);
                 }
                 self.record(&mut done).await?;
                 continue;
@@ -195,11 +158,16 @@ impl<'a> Dispatcher<'a> {
             if claimed_any && inflight.len() < max {
                 continue;
             }
-            let idle = if inflight.is_empty() {
-                self.idle_wait().await?
+            let mut idle = if inflight.is_empty() {
+                self.idle_wait(limits.any_limited()).await?
             } else {
                 IDLE_POLL
             };
+            // A rate-limited endpoint out of tokens is looked at again as
+            // soon as it has one.
+            if let Some(at) = limits.wake_at() {
+                idle = idle.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 r = inflight.join_next(), if !inflight.is_empty() => {
@@ -241,22 +209,26 @@ impl<'a> Dispatcher<'a> {
     /// Returns whether anything was claimed.
     async fn claim(
         &mut self,
-        slots: &mut Slots,
+        limits: &mut Limits,
         inflight: &mut JoinSet<Done>,
     ) -> Result<bool, DispatchError> {
-        let free = slots.max.saturating_sub(inflight.len());
+        let free = limits.max().saturating_sub(inflight.len());
         if free == 0 {
             return Ok(false);
         }
-        let limits = slots.limits(&self.endpoint_ids);
+        let claimable = limits.claimable(Instant::now());
+        if claimable.iter().all(|n| *n == 0) {
+            return Ok(false);
+        }
         let claimed = self
             .ledger
             .claim(
                 &self.db,
                 self.owner,
                 &ClaimRequest {
-                    endpoints: &self.endpoint_ids,
-                    limits: &limits,
+                    endpoints: limits.ids(),
+                    limits: &claimable,
+                    caps: limits.caps(),
                     total: free as i64,
                     lease: self.cfg.delivery.lease,
                     per_record: self.cfg.delivery.ordering == Ordering::PerRecord,
@@ -264,8 +236,9 @@ impl<'a> Dispatcher<'a> {
             )
             .await?;
         let any = !claimed.is_empty();
+        let now = Instant::now();
         for c in claimed {
-            slots.take(&c.endpoint_id);
+            limits.claimed(&c.endpoint_id, now);
             self.leases.hold(c.delivery_id);
             self.held.insert(c.delivery_id);
             self.spawn(inflight, c);
@@ -274,13 +247,17 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// How long to sleep when nothing is in flight: until the next retry is
-    /// due, at most `IDLE_POLL`.
-    async fn idle_wait(&self) -> Result<Duration, DispatchError> {
+    /// due, at most `IDLE_POLL`. Due deliveries this process could not claim
+    /// (leased elsewhere, over an endpoint's `max_in_flight`) are looked at
+    /// again after `BLOCKED_POLL`, or `LIMITED_POLL` with limited endpoints,
+    /// whose backlogs wait for another process's attempt to end.
+    async fn idle_wait(&self, limited: bool) -> Result<Duration, DispatchError> {
+        let floor = if limited { LIMITED_POLL } else { BLOCKED_POLL };
         Ok(match self.ledger.next_due(&self.db).await? {
             Some(t) => t
                 .duration_since(SystemTime::now())
-                .unwrap_or(Duration::from_millis(10))
-                .clamp(Duration::from_millis(10), IDLE_POLL),
+                .unwrap_or(floor)
+                .clamp(floor, IDLE_POLL),
             None => IDLE_POLL,
         })
     }
@@ -320,8 +297,12 @@ impl<'a> Dispatcher<'a> {
         let mut batch = BatchOutcomes::default();
         for d in done.drain(..) {
             let c = &d.claimed;
+            let policy = self
+                .endpoints
+                .get(&c.endpoint_id)
+                .map_or(&self.cfg.delivery.retry, |e| &e.retry);
             let next = outcome::next_state(
-                &self.cfg.delivery.retry,
+                policy,
                 &d.record,
                 c.cycle_started_unix_ms,
                 (c.cycle_attempts + 1) as u32,

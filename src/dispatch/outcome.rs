@@ -84,11 +84,16 @@ pub fn observe(metrics: &Metrics, endpoint: &str, record: &AttemptRecord, next: 
 
 /// The request headers as a JSON object, for the attempt's history row. Every
 /// value was built from a `&str`, so reading it back as UTF-8 loses nothing.
+/// A sensitive value (an endpoint's extra header) is recorded as `***`.
 pub fn headers_json(headers: &HeaderMap) -> String {
     let map: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(name, value)| {
-            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let text = if value.is_sensitive() {
+                "***".to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
             (name.as_str().to_owned(), serde_json::Value::String(text))
         })
         .collect();

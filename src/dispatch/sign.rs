@@ -78,7 +78,10 @@ fn value(text: &str) -> HeaderValue {
 /// `user-agent`, `{prefix}-event-id`, `{prefix}-event`, then
 /// `{prefix}-signature` when `superleap` is among the schemes (keyed with the
 /// first secret), then `webhook-id`, `webhook-timestamp`, `webhook-signature`
-/// (one `v1,...` per secret, space-separated) with `standard-webhooks`.
+/// (one `v1,...` per secret, space-separated) with `standard-webhooks`, then
+/// the endpoint's extra `headers`, marked sensitive (their values may be
+/// credentials: they are recorded masked, see
+/// [`crate::dispatch::outcome::headers_json`]).
 ///
 /// Cannot fail: the prefix's header names and the keys were checked when the
 /// configuration loaded, which also guarantees that with `standard-webhooks`
@@ -125,6 +128,13 @@ pub fn signed_headers(
             HeaderName::from_static("webhook-signature"),
             value(&signatures.join(" ")),
         );
+    }
+    for extra in &endpoint.headers {
+        // Names and values were checked when the configuration loaded.
+        let mut v = HeaderValue::from_str(extra.value.expose())
+            .expect("extra header values are checked at load");
+        v.set_sensitive(true);
+        headers.insert(extra.name.clone(), v);
     }
     headers
 }
@@ -198,6 +208,11 @@ mod tests {
             signing: signing.to_vec(),
             timeout: Duration::from_secs(10),
             allow_insecure_http: false,
+            retry: Default::default(),
+            headers: Vec::new(),
+            rate_limit: None,
+            max_in_flight: None,
+            filter: None,
         }
     }
 
@@ -376,6 +391,24 @@ mod tests {
         // Non-ASCII stays as it is, as before.
         let h = signed_headers(&ep, &HeaderPrefix::default(), "é", "lead.create", b"{}", 1);
         assert_eq!(h["webhook-id"].as_bytes(), "é".as_bytes());
+    }
+
+    #[test]
+    fn extra_headers_come_last_and_are_sensitive() {
+        let mut ep = endpoint(&["s3cret"], &[SigningScheme::Superleap]);
+        ep.headers = vec![crate::config::ExtraHeader {
+            name: HeaderName::from_static("x-api-key"),
+            value: Secret::new("key-123"),
+        }];
+        let h = signed_headers(&ep, &HeaderPrefix::default(), "id", "lead.create", b"{}", 1);
+        assert_eq!(header(&h, "x-api-key"), Some("key-123"));
+        assert!(h["x-api-key"].is_sensitive());
+        assert!(!h["x-superleap-signature"].is_sensitive());
+        assert_eq!(h.keys().last().map(|k| k.as_str()), Some("x-api-key"));
+        assert!(!format!("{h:?}").contains("key-123"));
+        let recorded = crate::dispatch::outcome::headers_json(&h);
+        assert!(recorded.contains(r#""x-api-key":"***""#), "{recorded}");
+        assert!(!recorded.contains("key-123"), "{recorded}");
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub struct TableMap {
     pub key_problem: Option<String>,
     /// Per column: how its text is turned into JSON (from type oid and Type messages).
     pub kinds: Vec<value::ValueKind>,
+    /// Per column: whether it is a `when_changed` column. An update is sent
+    /// only when one of them changed; `None`: every update that changes an
+    /// included column.
+    pub when_changed: Option<Vec<bool>>,
 }
 
 impl TableMap {
@@ -55,7 +59,15 @@ impl TableMap {
             key_columns,
             key_problem,
             kinds,
+            when_changed: None,
         }
+    }
+
+    /// The same map, sending updates only when a column flagged in `mask`
+    /// (one flag per column of the relation) changed; `None`: every update.
+    pub fn with_when_changed(mut self, mask: Option<Vec<bool>>) -> TableMap {
+        self.when_changed = mask;
+        self
     }
 
     /// `namespace.name`, for errors and logs.
@@ -200,8 +212,9 @@ fn sent(d: Option<&Datum>) -> Option<&Datum> {
 /// - create: `before` `{}`, `after` the new row, `diff` every column of it.
 /// - update: `before` the old row, `after` the new row, `diff` the columns
 ///   whose text changed, with their new values; `Ok(None)` when no included
-///   column changed. An unchanged TOASTed value (`u`) in the new row is taken
-///   from the old row.
+///   column changed, or, with `when_changed`, none of those columns did (a
+///   column whose old value is unknown counts as changed). An unchanged
+///   TOASTed value (`u`) in the new row is taken from the old row.
 /// - delete: `before` the old row, `after` and `diff` `{}`.
 ///
 /// Excluded columns never appear; keys follow the table's column order. The
@@ -300,6 +313,14 @@ fn map_update(
     };
     let diff = map.select(changed);
     if diff.is_empty() {
+        return Ok(None);
+    }
+    if let Some(mask) = &map.when_changed
+        && !mask
+            .iter()
+            .enumerate()
+            .any(|(i, w)| *w && changed(i).is_some())
+    {
         return Ok(None);
     }
     Ok(Some(Mapped {

@@ -8,9 +8,11 @@
 //! - [`value`]: Postgres text output to JSON values (SPEC §4).
 //! - [`id`]: deterministic event ids (SPEC §5).
 //! - [`filter`]: endpoint event filters (`*`, `slug.*`, `*.verb`, names).
+//! - [`expr`]: endpoint content filters (CEL expressions over an event).
 //! - [`system`]: the events walhook makes itself.
 
 pub mod custom;
+pub mod expr;
 pub mod filter;
 pub mod id;
 pub mod map;

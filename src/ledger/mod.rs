@@ -15,6 +15,7 @@
 
 pub mod backfills;
 pub mod history;
+pub mod notices;
 pub mod notify;
 pub mod objects;
 pub mod open;

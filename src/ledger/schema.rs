@@ -8,7 +8,7 @@ use super::{Ledger, LedgerError};
 use crate::pg::quote_ident;
 
 /// The tables [`ddl`] creates, in order.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 10] = [
     "events",
     "progress",
     "counters",
@@ -18,6 +18,7 @@ pub const TABLES: [&str; 9] = [
     "delivered",
     "objects",
     "backfills",
+    "notices",
 ];
 
 /// The table `walhook setup` creates last: when it exists, the schema is
@@ -172,6 +173,18 @@ const DDL: &[&str] = &[
     error        text,
     requested_at timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
+)"#,
+    // What capture tells operators beyond its log (a blocked capture,
+    // schema drift it follows), for `walhook status` in other processes.
+    r#"CREATE TABLE IF NOT EXISTS {schema}.notices (
+    kind       text NOT NULL,
+    subject    text NOT NULL,
+    level      text NOT NULL CHECK (level IN ('warning', 'error')),
+    message    text NOT NULL,
+    at_lsn     pg_lsn,
+    since      timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, subject)
 )"#,
 ];
 

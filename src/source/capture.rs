@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backfill;
 use super::error::CaptureError;
+use super::notices::Reporter;
 use super::objects;
 use super::policy::{self, Backoff, Policy};
 use super::relations::{RelState, Relations};
@@ -47,7 +48,7 @@ const STREAM_BUFFER: usize = 1024;
 
 /// How often a running session checks that the publication still covers
 /// the mapped tables as walhook needs (someone may ALTER it by hand).
-const PUBLICATION_RECHECK: Duration = Duration::from_secs(30);
+const PUBLICATION_RECHECK: Duration = Duration::from_secs(10);
 
 /// A session that streamed this long was healthy: the next outage starts
 /// again at the first reconnect delay.
@@ -76,9 +77,10 @@ pub async fn run(deps: StreamDeps, shutdown: CancellationToken) {
     let (cfg, metrics) = (deps.cfg.clone(), deps.metrics.clone());
     let mut backoff = Backoff::default();
     let mut standing_by = false;
+    let mut reporter = Reporter::new(&cfg, metrics.clone());
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
-        let result = Session::run(&deps, &shutdown).await;
+        let result = Session::run(&deps, &shutdown, &mut reporter).await;
         metrics.set_streaming(false);
         let e = match result {
             Ok(()) => return,
@@ -95,11 +97,18 @@ pub async fn run(deps: StreamDeps, shutdown: CancellationToken) {
             ),
             Policy::StandBy => tracing::debug!(error = %e, "still standing by"),
             Policy::Operator { hint } => {
-                tracing::error!(error = %e, hint, "capture stopped; retrying")
+                tracing::error!(error = %e, hint, "capture stopped; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = reporter.blocked(&e, hint) => {}
+                }
             }
             Policy::Reconnect => tracing::warn!(error = %e, "capture session ended; reconnecting"),
         }
         standing_by = policy == Policy::StandBy;
+        if standing_by {
+            reporter.standing_by();
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.after(policy)) => {}
@@ -131,6 +140,7 @@ struct OpenTxn {
 struct Session<'a> {
     cfg: &'a Config,
     metrics: &'a Metrics,
+    reporter: &'a mut Reporter,
     ledger: Ledger,
     /// The source database, for catalog lookups.
     db: Client,
@@ -151,8 +161,13 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    async fn run(deps: &'a StreamDeps, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+    async fn run(
+        deps: &'a StreamDeps,
+        shutdown: &CancellationToken,
+        reporter: &'a mut Reporter,
+    ) -> Result<(), CaptureError> {
         let cfg = &*deps.cfg;
+        reporter.session_failed_at(None);
         let login = pg::DEFAULT_LOGIN_TIMEOUT;
         let db = pg::connect(&cfg.source.url, "walhook capture", login).await?;
         let ledger_db = pg::connect(cfg.ledger_url(), "walhook capture ledger", login).await?;
@@ -185,9 +200,11 @@ impl<'a> Session<'a> {
             .map_err(|_| CaptureError::StartTimeout(login))??;
         tracing::info!(slot = %cfg.source.slot, "capture streaming from the replication slot");
         deps.metrics.set_streaming(true);
+        reporter.streaming(&ledger_db, &mapping.notices).await;
         let mut s = Session {
             cfg,
             metrics: &deps.metrics,
+            reporter,
             ledger,
             db,
             ledger_db,
@@ -213,6 +230,8 @@ impl<'a> Session<'a> {
             }
             Err(e) => {
                 client.abort();
+                s.reporter
+                    .session_failed_at(s.txn.as_ref().map(|t| t.commit_lsn));
                 Err(e)
             }
         }
@@ -269,6 +288,7 @@ impl<'a> Session<'a> {
                     let end_lsn = end_lsn.into();
                     self.window.committed(end_lsn);
                     self.stream.send(StreamItem::Commit { end_lsn }).await?;
+                    self.reporter.passed(&self.ledger_db, end_lsn).await;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     self.keepalive(wal_end.into()).await?
@@ -294,6 +314,7 @@ impl<'a> Session<'a> {
         if self.txn.is_none() && wal_end > self.idle_at {
             self.idle_at = wal_end;
             self.stream.send(StreamItem::Idle { wal_end }).await?;
+            self.reporter.passed(&self.ledger_db, wal_end).await;
         }
         Ok(())
     }
@@ -311,7 +332,10 @@ impl<'a> Session<'a> {
     async fn handle(&mut self, msg: Message) -> Result<(), CaptureError> {
         let (relation_id, change) = match msg {
             Message::Relation(rel) => {
-                return Ok(self.relations.on_relation(&self.db, self.cfg, rel).await?);
+                self.relations.on_relation(&self.db, self.cfg, rel).await?;
+                let drift = self.relations.take_notices();
+                self.reporter.drift(&self.ledger_db, drift).await;
+                return Ok(());
             }
             Message::Type(t) => {
                 self.relations.on_type(t);

@@ -7,6 +7,7 @@ pub mod align;
 pub mod backfill;
 pub mod capture;
 pub mod error;
+pub mod notices;
 pub mod objects;
 pub mod policy;
 pub mod primary;

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use super::align::Attribute;
 use crate::config::{Config, ObjectConfig};
+use crate::ledger::notices::{Level, NewNotice};
 use crate::ledger::objects::ObjectRow;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pg::DbError;
@@ -56,21 +57,24 @@ pub struct Resolved {
     /// Every name an excluded column is known to have had: a column of a
     /// Relation message with one of these names is excluded too.
     pub excluded_names: BTreeSet<String>,
+    /// (attribute number, the config's name for it) of each excluded column.
+    pub excluded: Vec<(i16, String)>,
+    /// `when_changed` columns; empty: every update is sent.
+    pub watched_attnums: Vec<i16>,
 }
 
 impl Resolved {
-    /// What the ledger should remember of it.
+    /// What the ledger should remember of it: each excluded column's
+    /// attribute number under the name the config gives it, so that the
+    /// config's name finds the column however often it is renamed.
     pub fn row(&self, table: &TableInfo) -> ObjectRow {
         ObjectRow {
             slug: self.slug.clone(),
             relid: self.relid,
             table_name: table.qualified(),
             key_attnums: self.key_attnums.clone(),
-            excluded: self
-                .excluded_attnums
-                .iter()
-                .filter_map(|a| table.live(*a).map(|attr| (*a, attr.name.clone())))
-                .collect(),
+            // Dropped columns too: attribute numbers are never reused.
+            excluded: self.excluded.clone(),
         }
     }
 }
@@ -91,6 +95,37 @@ pub enum Notice {
     /// The table has no primary key any more; its former key columns stay
     /// the record key.
     KeyDropped { slug: String, table: String },
+    /// An excluded column was dropped: nothing of it can be sent any more.
+    ColumnDropped { slug: String, configured: String },
+}
+
+impl Notice {
+    /// What kind of drift this is and what it is about: one notice per
+    /// pair in the ledger (see [`crate::ledger::notices`]).
+    pub fn key(&self) -> (&'static str, String) {
+        match self {
+            Notice::TableRenamed { slug, .. } => ("table_renamed", slug.clone()),
+            Notice::ColumnRenamed {
+                slug, configured, ..
+            } => ("column_renamed", format!("{slug}.{configured}")),
+            Notice::KeyDropped { slug, .. } => ("key_dropped", slug.clone()),
+            Notice::ColumnDropped { slug, configured } => {
+                ("column_dropped", format!("{slug}.{configured}"))
+            }
+        }
+    }
+
+    /// The notice as the ledger keeps it (a warning: walhook goes on).
+    pub fn to_ledger(&self) -> NewNotice {
+        let (kind, subject) = self.key();
+        NewNotice {
+            kind: kind.into(),
+            subject,
+            level: Level::Warning,
+            message: self.to_string(),
+            at: None,
+        }
+    }
 }
 
 impl std::fmt::Display for Notice {
@@ -112,6 +147,10 @@ impl std::fmt::Display for Notice {
                 f,
                 "excluded column {configured} of object {slug} was renamed to {now}; it stays excluded. Write \"{now}\" in its exclude_columns"
             ),
+            Notice::ColumnDropped { slug, configured } => write!(
+                f,
+                "excluded column {configured} of object {slug} was dropped; nothing of it can be sent any more. Remove \"{configured}\" from its exclude_columns"
+            ),
             Notice::KeyDropped { slug, table } => write!(
                 f,
                 "{table} (object {slug}) has no primary key any more; walhook keeps using its former key columns as the record key. Restore it: ALTER TABLE {table} ADD PRIMARY KEY (...)"
@@ -132,6 +171,10 @@ pub enum ObjectError {
     )]
     NoPrimaryKey(String),
     #[error(
+        "a record key column of {table} (object {slug}) was dropped: walhook cannot key that table's changes, so capture stops before the first of them (nothing is lost). Either give {table} a primary key on columns it still has (ALTER TABLE {table} ADD PRIMARY KEY (...)): its changes are then keyed by it; or remove object {slug} from the config and restart: its changes are skipped while it is not mapped"
+    )]
+    KeyColumnDropped { slug: String, table: String },
+    #[error(
         "exclude_columns of object {slug} names `{column}`, which is not a column of {table}. Fix the name (a typo would send the column you meant to hide)."
     )]
     UnknownColumn {
@@ -147,6 +190,18 @@ pub enum ObjectError {
         table: String,
         column: String,
     },
+    #[error(
+        "when_changed of object {slug} names `{column}`, which is not a column of {table}. Fix the name (after a rename, write the column's new name)."
+    )]
+    UnknownWatched {
+        slug: String,
+        table: String,
+        column: String,
+    },
+    #[error(
+        "when_changed of object {slug} names `{column}`, which is excluded (exclude_columns, perhaps under an earlier name): an excluded column cannot decide which updates are sent"
+    )]
+    WatchesExcluded { slug: String, column: String },
 }
 
 /// Resolves one object: `by_name` is the table the config names (if it
@@ -173,7 +228,15 @@ pub fn resolve(
         (None, None) => return Err(ObjectError::NoTable(configured)),
     };
     let same_table = remembered.filter(|r| r.relid == table.relid);
-    let (excluded_attnums, excluded_names) = excluded(object, table, same_table, &mut notices)?;
+    let excluded = excluded(object, table, same_table, &mut notices)?;
+    let mut excluded_attnums: Vec<i16> = excluded.iter().map(|(a, _)| *a).collect();
+    excluded_attnums.dedup();
+    let mut excluded_names: BTreeSet<String> = object.exclude_columns.iter().cloned().collect();
+    excluded_names.extend(
+        excluded_attnums
+            .iter()
+            .filter_map(|a| table.live(*a).map(|attr| attr.name.clone())),
+    );
     let key_attnums = if !table.primary_key.is_empty() {
         table.primary_key.clone()
     } else {
@@ -188,6 +251,12 @@ pub fn resolve(
                 });
                 r.key_attnums.clone()
             }
+            Some(r) if !r.key_attnums.is_empty() => {
+                return Err(ObjectError::KeyColumnDropped {
+                    slug: object.slug.clone(),
+                    table: table.qualified(),
+                });
+            }
             _ => return Err(ObjectError::NoPrimaryKey(table.qualified())),
         }
     };
@@ -198,6 +267,7 @@ pub fn resolve(
             column: table.live(*a).map(|a| a.name.clone()).unwrap_or_default(),
         });
     }
+    let watched_attnums = watched(object, table, &excluded_attnums)?;
     Ok((
         Resolved {
             slug: object.slug.clone(),
@@ -206,52 +276,95 @@ pub fn resolve(
             key_attnums,
             excluded_attnums,
             excluded_names,
+            excluded,
+            watched_attnums,
         },
         notices,
     ))
 }
 
-/// The excluded columns of `object` as attribute numbers, with every name
-/// they are known by.
+/// The `when_changed` columns of `object` as attribute numbers: each names
+/// a column of the table today, and none is excluded.
+fn watched(
+    object: &ObjectConfig,
+    table: &TableInfo,
+    excluded: &[i16],
+) -> Result<Vec<i16>, ObjectError> {
+    object
+        .when_changed
+        .iter()
+        .map(|column| {
+            let attr = table
+                .live_named(column)
+                .ok_or_else(|| ObjectError::UnknownWatched {
+                    slug: object.slug.clone(),
+                    table: table.qualified(),
+                    column: column.clone(),
+                })?;
+            if excluded.contains(&attr.attnum) {
+                return Err(ObjectError::WatchesExcluded {
+                    slug: object.slug.clone(),
+                    column: column.clone(),
+                });
+            }
+            Ok(attr.attnum)
+        })
+        .collect()
+}
+
+/// The excluded columns of `object`: (attribute number, the config's name)
+/// for each. A configured name stands for the live column of that name and
+/// for the column the ledger remembers under it (renamed since, perhaps
+/// more than once); when they differ, both are excluded (fail closed).
 fn excluded(
     object: &ObjectConfig,
     table: &TableInfo,
     remembered: Option<&ObjectRow>,
     notices: &mut Vec<Notice>,
-) -> Result<(Vec<i16>, BTreeSet<String>), ObjectError> {
-    let mut attnums = Vec::new();
-    let mut names: BTreeSet<String> = object.exclude_columns.iter().cloned().collect();
+) -> Result<Vec<(i16, String)>, ObjectError> {
+    let mut out: Vec<(i16, String)> = Vec::new();
     for column in &object.exclude_columns {
-        if let Some(attr) = table.live_named(column) {
-            attnums.push(attr.attnum);
-            continue;
-        }
-        // Renamed since it was remembered under this name?
-        let renamed = remembered
+        let by_name = table.live_named(column);
+        // Dropped ones too: a Relation message from before the drop may
+        // still carry the column, and attribute numbers are never reused.
+        let by_identity = remembered
             .into_iter()
             .flat_map(|r| r.excluded.iter())
-            .find(|(_, name)| name == column)
-            .and_then(|(a, _)| table.live(*a));
-        match renamed {
-            Some(attr) => {
+            .filter(|(_, name)| name == column)
+            .filter_map(|(a, _)| table.attrs.iter().find(|attr| attr.attnum == *a));
+        let mut found = false;
+        let mut live = false;
+        for attr in by_name.into_iter().chain(by_identity) {
+            found = true;
+            live |= !attr.dropped;
+            if out.iter().any(|(a, c)| *a == attr.attnum && c == column) {
+                continue;
+            }
+            if attr.name != *column && !attr.dropped {
                 notices.push(Notice::ColumnRenamed {
                     slug: object.slug.clone(),
                     configured: column.clone(),
                     now: attr.name.clone(),
                 });
-                attnums.push(attr.attnum);
-                names.insert(attr.name.clone());
             }
-            None => {
-                return Err(ObjectError::UnknownColumn {
-                    slug: object.slug.clone(),
-                    table: table.qualified(),
-                    column: column.clone(),
-                });
-            }
+            out.push((attr.attnum, column.clone()));
+        }
+        if !found {
+            return Err(ObjectError::UnknownColumn {
+                slug: object.slug.clone(),
+                table: table.qualified(),
+                column: column.clone(),
+            });
+        }
+        if !live {
+            notices.push(Notice::ColumnDropped {
+                slug: object.slug.clone(),
+                configured: column.clone(),
+            });
         }
     }
-    Ok((attnums, names))
+    out.sort();
+    Ok(out)
 }
 
 /// Every `[[objects]]` entry resolved, with what changed since the config

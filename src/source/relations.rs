@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::Client;
 
 use super::align::{self, Alignment};
-use super::objects::{self, Resolved, TableInfo};
+use super::objects::{self, Notice, Resolved, TableInfo};
 use crate::config::Config;
 use crate::event::TableMap;
 use crate::pgoutput::{Relation, TypeInfo};
@@ -34,6 +34,10 @@ pub struct Relations {
     domain_base: HashMap<u32, u32>,
     /// Relations already reported as renamed (reported once per session).
     renamed_reported: BTreeSet<u32>,
+    /// Relations already reported as without a primary key (once per session).
+    keyless_reported: BTreeSet<u32>,
+    /// Drift seen since [`Relations::take_notices`] was last called.
+    notices: Vec<Notice>,
 }
 
 impl Relations {
@@ -45,7 +49,15 @@ impl Relations {
             type_names: HashMap::new(),
             domain_base: HashMap::new(),
             renamed_reported: BTreeSet::new(),
+            keyless_reported: BTreeSet::new(),
+            notices: Vec::new(),
         }
+    }
+
+    /// Drift seen in the stream since the last call (already logged), for
+    /// the operator's notices.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// The state of `id`, if a Relation message described it.
@@ -84,19 +96,38 @@ impl Relations {
         let object = &mut self.objects[index];
         let current = format!("{}.{}", rel.namespace, rel.name);
         if current != object.configured && self.renamed_reported.insert(id) {
-            tracing::warn!(
-                object = %object.slug, configured = %object.configured, now = %current,
-                "a mapped table was renamed; walhook follows it by its identity. Update `table` in its [[objects]] entry"
-            );
+            let notice = Notice::TableRenamed {
+                slug: object.slug.clone(),
+                configured: object.configured.clone(),
+                now: current,
+            };
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
+        }
+        if let Some(t) = table.as_ref().filter(|t| t.primary_key.is_empty())
+            && self.keyless_reported.insert(id)
+        {
+            let notice = Notice::KeyDropped {
+                slug: object.slug.clone(),
+                table: t.qualified(),
+            };
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
+        }
+        for notice in renamed_exclusions(object, table.as_ref()) {
+            tracing::warn!(object = %object.slug, "{notice}");
+            self.notices.push(notice);
         }
         let (excluded, key) = columns(object, &rel, table.as_ref());
+        let when_changed = watched(object, &rel, table.as_ref());
         let mut rel = rel;
         self.resolve_domains(db, &mut rel).await?;
         let type_names = &self.type_names;
         let slug = self.objects[index].slug.clone();
         let map = TableMap::new(rel, slug, excluded, key, &|oid| {
             type_names.get(&oid).cloned()
-        });
+        })
+        .with_when_changed(when_changed);
         self.relations.insert(id, RelState::Mapped(Box::new(map)));
         Ok(())
     }
@@ -184,20 +215,8 @@ fn columns(
 ) -> (Vec<bool>, Result<Vec<usize>, String>) {
     let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
     let alignment = table.and_then(|t| align::align(&names, &t.attrs));
-    if let Some(t) = table {
-        // Today's names of excluded columns are names they are known by.
-        for a in t
-            .attrs
-            .iter()
-            .filter(|a| object.excluded_attnums.contains(&a.attnum))
-        {
-            if !a.dropped {
-                object.excluded_names.insert(a.name.clone());
-            }
-        }
-        if !t.primary_key.is_empty() {
-            object.key_attnums = t.primary_key.clone();
-        }
+    if let Some(t) = table.filter(|t| !t.primary_key.is_empty()) {
+        object.key_attnums = t.primary_key.clone();
     }
     let excluded: Vec<bool> = names
         .iter()
@@ -219,6 +238,57 @@ fn columns(
         }
     });
     (excluded, key)
+}
+
+/// Today's names of the excluded columns become names they are known by; a
+/// name not known before is a rename to report.
+fn renamed_exclusions(object: &mut Resolved, table: Option<&TableInfo>) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    let Some(t) = table else {
+        return notices;
+    };
+    for (attnum, configured) in &object.excluded {
+        let Some(attr) = t.attrs.iter().find(|a| a.attnum == *attnum && !a.dropped) else {
+            continue;
+        };
+        if object.excluded_names.insert(attr.name.clone()) {
+            notices.push(Notice::ColumnRenamed {
+                slug: object.slug.clone(),
+                configured: configured.clone(),
+                now: attr.name.clone(),
+            });
+        }
+    }
+    notices
+}
+
+/// Which columns of `rel` are `when_changed` columns, by attribute number
+/// (a renamed one stays one); `None`: every update is sent. After DDL that
+/// leaves the alignment ambiguous, a column that may be one counts as one,
+/// and without the catalog every update is sent: an extra update is safer
+/// than a lost one.
+fn watched(object: &Resolved, rel: &Relation, table: Option<&TableInfo>) -> Option<Vec<bool>> {
+    if object.watched_attnums.is_empty() {
+        return None;
+    }
+    let table = table?;
+    let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+    match align::align(&names, &table.attrs) {
+        Some(a) => Some(
+            (0..names.len())
+                .map(|i| a.may_be_any(i, &object.watched_attnums))
+                .collect(),
+        ),
+        None => {
+            let today: Vec<&str> = table
+                .attrs
+                .iter()
+                .filter(|a| !a.dropped && object.watched_attnums.contains(&a.attnum))
+                .map(|a| a.name.as_str())
+                .collect();
+            Some(names.iter().map(|n| today.contains(n)).collect())
+        }
+    }
 }
 
 /// Positions of the key attributes in the message: by alignment, else by
@@ -246,8 +316,8 @@ fn key_positions(
                 })
                 .ok_or_else(|| {
                     format!(
-                        "key column (attribute {attnum}) is not in the table's changes (dropped?). Restore it, or remove object {} from the config and restart",
-                        object.slug
+                        "a record key column (attribute {attnum}) of object {slug} is not in the table's changes (dropped?): capture stops before this change (nothing is lost). Either give the table a primary key on columns it still has (its changes are then keyed by it), or remove object {slug} from the config and restart (its changes are skipped while it is not mapped)",
+                        slug = object.slug
                     )
                 })
         })

@@ -19,7 +19,7 @@ pub use slot::{FAILOVER_SINCE, check_failover_support, server_version, slot_fail
 use tokio_postgres::Client;
 
 use super::objects::{self, ResolveError};
-use crate::config::{Config, ObjectConfig, ReplicaIdentity};
+use crate::config::{Config, ReplicaIdentity};
 use crate::ledger;
 use crate::pg::{DbError, quote_ident};
 
@@ -345,10 +345,12 @@ pub async fn run(
     for notice in &mapping.notices {
         steps.push(Step::found(format!("note: {notice}")));
     }
-    steps.push(publication(source, cfg, &mapping.relids()).await?);
+    // By the names they have now: a renamed table is known by its identity.
+    let tables = current_tables(source, &mapping.relids()).await?;
+    steps.push(publication(source, cfg, &tables, &mapping.relids()).await?);
     if cfg.source.replica_identity == ReplicaIdentity::Full {
-        for o in &cfg.objects {
-            steps.push(replica_identity_full(source, o).await?);
+        for table in &tables {
+            steps.push(replica_identity_full(source, table).await?);
         }
     }
     steps.push(slot::slot(source, cfg).await?);
@@ -494,10 +496,41 @@ async fn ledger_schema(client: &Client, schema: &str) -> Result<Step, SetupError
     })
 }
 
-async fn publication(client: &Client, cfg: &Config, relids: &[u32]) -> Result<Step, SetupError> {
+/// The tables `relids` as (schema, table) by their names now, in order.
+async fn current_tables(
+    client: &Client,
+    relids: &[u32],
+) -> Result<Vec<(String, String)>, SetupError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+             FROM unnest($1::oid[]) WITH ORDINALITY AS m(relid, i)
+             JOIN pg_class c ON c.oid = m.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY m.i",
+            &[&relids],
+        )
+        .await
+        .map_err(db_err("look up the mapped tables"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn qualified_sql((schema, table): &(String, String)) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+async fn publication(
+    client: &Client,
+    cfg: &Config,
+    current: &[(String, String)],
+    relids: &[u32],
+) -> Result<Step, SetupError> {
     let publication = &cfg.source.publication;
     let name = quote_ident(publication);
-    let tables = tables_sql(cfg);
+    let tables = current
+        .iter()
+        .map(qualified_sql)
+        .collect::<Vec<_>>()
+        .join(", ");
     let Some(have) = publication_tables(client, publication).await? else {
         let created = client
             .batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE {tables}"))
@@ -513,38 +546,44 @@ async fn publication(client: &Client, cfg: &Config, relids: &[u32]) -> Result<St
         };
     };
     let problems = publication_problems(client, publication, relids).await?;
-    if have == mapped_tables(cfg) && problems.is_empty() {
+    let mut want = current.to_vec();
+    want.sort();
+    if have == want && problems.is_empty() {
         return Ok(Step::found(format!(
             "publication {publication} covers exactly the mapped tables"
         )));
     }
     // SET TABLE also drops row filters and column lists.
     let altered = client
-        .batch_execute(&plan::alter_publication_sql(cfg).join("\n"))
+        .batch_execute(&plan::alter_publication_sql(cfg, &tables).join("\n"))
         .await
         .map_err(db_err("change the publication's tables"));
     let what = format!("publication {publication} set to the mapped tables, every operation, no filters");
     match altered {
         Ok(()) => Ok(Step::made(what)),
-        Err(e) => Step::skip_denied(e, what, plan::alter_publication_sql(cfg)),
+        Err(e) => Step::skip_denied(e, what, plan::alter_publication_sql(cfg, &tables)),
     }
 }
 
-async fn replica_identity_full(client: &Client, o: &ObjectConfig) -> Result<Step, SetupError> {
+async fn replica_identity_full(
+    client: &Client,
+    table: &(String, String),
+) -> Result<Step, SetupError> {
     let ident: i8 = client
         .query_one(
             "SELECT c.relreplident::\"char\" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
-            &[&o.schema, &o.table],
+            &[&table.0, &table.1],
         )
         .await
         .map_err(db_err("read replica identity"))?
         .get(0);
-    let what = format!("{} has REPLICA IDENTITY FULL", o.qualified_sql());
+    let qualified = qualified_sql(table);
+    let what = format!("{qualified} has REPLICA IDENTITY FULL");
     if ident as u8 == b'f' {
         return Ok(Step::found(what));
     }
-    let sql = format!("ALTER TABLE {} REPLICA IDENTITY FULL;", o.qualified_sql());
+    let sql = format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL;");
     match client
         .batch_execute(&sql)
         .await

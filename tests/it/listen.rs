@@ -111,6 +111,11 @@ fn headers_for(secrets: &[&str], signing: &[SigningScheme], body: &[u8]) -> Head
         signing: signing.to_vec(),
         timeout: Duration::from_secs(5),
         allow_insecure_http: false,
+        retry: Default::default(),
+        headers: Vec::new(),
+        rate_limit: None,
+        max_in_flight: None,
+        filter: None,
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -61,6 +61,7 @@ impl Dispatcher<'_> {
         let req = ClaimRequest {
             endpoints: &endpoints,
             limits: &[10],
+            caps: &[0],
             total: 10,
             lease: Duration::from_secs(60),
             per_record: false,

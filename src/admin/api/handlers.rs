@@ -27,12 +27,16 @@ pub(super) async fn readyz(State(st): State<Arc<AdminState>>) -> Response {
         Err(_) => false,
     };
     let streaming = st.metrics.streaming();
-    let ready = ledger_ok && (!st.capture || streaming);
+    // A blocked capture may stream for a moment between its retries: it is
+    // not ready until the operator has fixed what blocks it.
+    let blocked = st.metrics.capture_blocked();
+    let ready = ledger_ok && (!st.capture || (streaming && blocked.is_none()));
     let body = serde_json::json!({
         "ready": ready,
         "ledger": ledger_ok,
         "capture": st.capture,
         "streaming": streaming,
+        "blocked": blocked,
     });
     let code = if ready {
         StatusCode::OK

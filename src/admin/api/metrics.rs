@@ -86,6 +86,13 @@ pub fn render_metrics(m: &Metrics, db: Option<&DbGauges>) -> String {
     );
     single(
         &mut out,
+        "walhook_capture_blocked",
+        "gauge",
+        "1 while capture is stopped by something only the operator can fix (the log, /readyz and `walhook status` say what).",
+        u8::from(m.capture_blocked().is_some()),
+    );
+    single(
+        &mut out,
         "walhook_ledger_up",
         "gauge",
         "1 when the ledger database answered this scrape.",
@@ -131,6 +138,19 @@ fn process_counters(out: &mut String, m: &Metrics) {
             out,
             "walhook_events_captured_total{{event=\"{}\"}} {n}",
             label(&name)
+        );
+    }
+    family(
+        out,
+        "walhook_events_filtered_total",
+        "counter",
+        "Events an endpoint subscribes to by name that its content filter kept from it (false, or undecided), by endpoint.",
+    );
+    for (ep, n) in m.events_filtered() {
+        let _ = writeln!(
+            out,
+            "walhook_events_filtered_total{{endpoint=\"{}\"}} {n}",
+            label(&ep)
         );
     }
     family(
@@ -241,6 +261,7 @@ mod tests {
         m.event_captured("lead.create");
         m.delivery_outcome("crm", "success");
         m.delivery_outcome("we\"ird", "failure");
+        m.event_filtered("crm");
         m.observe_attempt_seconds(0.003);
         m.observe_attempt_seconds(0.2);
         m.observe_attempt_seconds(100.0);
@@ -250,12 +271,16 @@ mod tests {
             text.contains("walhook_deliveries_total{endpoint=\"crm\",outcome=\"success\"} 1\n")
         );
         assert!(text.contains("endpoint=\"we\\\"ird\""), "{text}");
+        assert!(text.contains("walhook_events_filtered_total{endpoint=\"crm\"} 1\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"0.25\"} 2\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"30\"} 2\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("walhook_attempt_duration_seconds_count 3\n"));
         assert!(text.contains("walhook_ledger_up 0\n"));
+        assert!(text.contains("walhook_capture_blocked 0\n"));
+        m.set_capture_blocked(Some("key column dropped".into()));
+        assert!(render_metrics(&m, None).contains("walhook_capture_blocked 1\n"));
         assert!(!text.contains("walhook_replication_lag_bytes"));
 
         let mut g = DbGauges::default();

@@ -3,6 +3,7 @@
 
 mod errors;
 mod fields;
+mod policy;
 
 use std::time::Duration;
 
@@ -258,12 +259,33 @@ fn missing_database_url_names_key_and_variable() {
 }
 
 #[test]
-fn tls_required_database_is_rejected_clearly() {
+fn tls_settings_are_validated_with_the_url() {
+    for ok in [
+        "sslmode=disable",
+        "sslmode=require",
+        "sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        "sslrootcert=system",
+        "sslmode=verify-ca&sslrootcert=ca.pem&sslcert=c.pem&sslkey=k.pem",
+    ] {
+        parse_ok(&minimal("", "").replace(DB_URL, &format!("{DB_URL}?{ok}")));
+    }
     assert_err(
-        &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=require")),
-        &["`source.url`", "sslmode=require is not supported yet"],
+        &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=verify_full")),
+        &["`source.url`", "sslmode=verify_full is not a valid sslmode"],
     );
-    parse_ok(&minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=disable")));
+    assert_err(
+        &minimal("", "").replace(DB_URL, &format!("{DB_URL}?sslmode=verify-full")),
+        &["`source.url`", "needs sslrootcert"],
+    );
+    // The replication connection cannot bind the channel; the ledger's can.
+    assert_err(
+        &minimal("", "").replace(DB_URL, &format!("{DB_URL}?channel_binding=require")),
+        &["`source.url`", "channel_binding=require cannot be honoured"],
+    );
+    parse_ok(&minimal(
+        "",
+        &format!("[ledger]\nurl = \"{DB_URL}2?channel_binding=require&sslmode=require\"\n"),
+    ));
 }
 
 #[test]

@@ -30,6 +30,7 @@ use crate::pg::{self, Lsn};
 
 mod attempts;
 mod ledgered;
+mod subscribers;
 
 /// Rows a ledger write takes at most; while one is in flight the next batch
 /// fills up.
@@ -46,6 +47,9 @@ const PARK_AFTER: u32 = 5;
 /// Records of one endpoint remembered as waiting in the ledger at most;
 /// beyond, the endpoint is parked as a whole.
 const MAX_RECORDS_IN_LEDGER: usize = 10_000;
+/// Why a `rate_limit` or `max_in_flight` endpoint is parked for good: its
+/// limits hold in the ledger dispatcher only.
+const LEDGER_ONLY: &str = "it has rate_limit or max_in_flight, which hold in the retry ledger";
 /// How often the ledger is looked at (records cleared, endpoints disabled).
 const REFRESH: Duration = Duration::from_secs(1);
 /// On a stop, how long attempts that went on after their delivery spilled
@@ -70,6 +74,8 @@ struct Ep {
     ready: VecDeque<u64>,
     /// Why every delivery of it goes to the ledger for now.
     parked: Option<&'static str>,
+    /// Parked for good ([`EndpointConfig::ledger_only`]).
+    ledger_only: bool,
     /// First attempts in a row that failed or went unanswered.
     trouble: u32,
     /// Its spills being written, and when the last one committed: a parked
@@ -166,8 +172,8 @@ pub(super) struct Engine {
     deps: StreamDeps,
     ledger: Ledger,
     eps: Vec<Ep>,
-    /// Event name -> indexes of the endpoints subscribed to it.
-    subs: HashMap<String, Arc<[usize]>>,
+    /// Which endpoints each event goes to.
+    subs: subscribers::Subscriptions,
     per_record: bool,
     live: HashMap<u64, Delivery>,
     next_id: u64,
@@ -221,7 +227,8 @@ impl Engine {
                 limit: (cfg.delivery.max_in_flight / n).max(1),
                 in_flight: 0,
                 ready: VecDeque::new(),
-                parked: None,
+                parked: e.ledger_only().then_some(LEDGER_ONLY),
+                ledger_only: e.ledger_only(),
                 trouble: 0,
                 spilling: 0,
                 spilled_at: Instant::now(),
@@ -262,7 +269,7 @@ impl Engine {
             deps,
             ledger,
             eps,
-            subs: HashMap::new(),
+            subs: Default::default(),
             live: HashMap::new(),
             next_id: 0,
             txns: Txns::default(),
@@ -373,7 +380,12 @@ impl Engine {
                 self.captured.insert(c.event.name.clone(), 1);
             }
         }
-        let mut subs = self.subscribers(&c.event.name);
+        let mut subs = self.subs.of(
+            &self.eps,
+            &self.deps.metrics,
+            &c.event.name,
+            c.event.body.as_bytes(),
+        );
         if let Some(only) = &c.only {
             subs = subs
                 .iter()
@@ -413,21 +425,6 @@ impl Engine {
             );
             self.route(id);
         }
-    }
-
-    fn subscribers(&mut self, name: &str) -> Arc<[usize]> {
-        if let Some(s) = self.subs.get(name) {
-            return s.clone();
-        }
-        let s: Arc<[usize]> = self
-            .eps
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.cfg.subscribes_to(name))
-            .map(|(i, _)| i)
-            .collect();
-        self.subs.insert(name.to_string(), s.clone());
-        s
     }
 
     /// A delivery is resolved (recorded, or committed to the ledger).
@@ -600,7 +597,9 @@ async fn initial_order(
         Vec::new()
     };
     for (i, ep) in eps.iter_mut().enumerate() {
-        if disabled.contains(&ep.cfg.id) {
+        if ep.ledger_only {
+            tracing::info!(endpoint = %ep.id, "rate_limit or max_in_flight: every delivery goes through the retry ledger");
+        } else if disabled.contains(&ep.cfg.id) {
             ep.parked = Some("it is disabled");
         } else if busy.contains(&ep.cfg.id) {
             ep.parked = Some("the retry ledger holds many of its deliveries");

@@ -504,3 +504,73 @@ fn real_pg15_stream_end_to_end() {
     ];
     assert_eq!(out, expected);
 }
+
+/// [`leads`] sending updates only when `name` or `score` changed.
+fn leads_when_changed(identity: u8) -> TableMap {
+    let m = leads(identity);
+    let mask = by_name(&m.relation, &["name", "score"]);
+    m.with_when_changed(Some(mask))
+}
+
+fn update(m: &TableMap, old: Option<(OldKind, Tuple)>, new: Tuple) -> Option<Event> {
+    map(m, RowChange::Update { old, new })
+}
+
+#[test]
+fn when_changed_sends_updates_of_those_columns_only() {
+    let m = leads_when_changed(b'f');
+    let old = row("1", "a", t("n"));
+    // Only `notes` changed: no event, though `notes` is an included column.
+    let notes_only = update(
+        &m,
+        Some((OldKind::Full, old.clone())),
+        row("1", "a", t("m")),
+    );
+    assert_eq!(notes_only, None);
+    assert!(
+        update(
+            &leads(b'f'),
+            Some((OldKind::Full, old.clone())),
+            row("1", "a", t("m"))
+        )
+        .is_some()
+    );
+    // `name` changed (with `notes`): the event has the whole diff.
+    let e = update(
+        &m,
+        Some((OldKind::Full, old.clone())),
+        row("1", "b", t("m")),
+    )
+    .unwrap();
+    let body: Value = serde_json::from_str(&e.body).unwrap();
+    assert_eq!(body["diff"], serde_json::json!({"name": "b", "notes": "m"}));
+    // `score` changed.
+    let mut new = old.clone();
+    new[2] = t("13");
+    assert!(update(&m, Some((OldKind::Full, old.clone())), new).is_some());
+    // Creates and deletes are not affected.
+    assert!(map(&m, RowChange::Insert { new: old.clone() }).is_some());
+    let delete = RowChange::Delete {
+        old: (OldKind::Full, old),
+    };
+    assert!(map(&m, delete).is_some());
+}
+
+#[test]
+fn when_changed_with_unknown_old_values_sends_the_update() {
+    // REPLICA IDENTITY DEFAULT, key unchanged: old values of non-key
+    // columns are unknown, so `name` may have changed.
+    let m = leads_when_changed(b'd');
+    assert!(update(&m, None, row("1", "a", t("n"))).is_some());
+    // Only the key column is watched and it provably did not change.
+    let key_only =
+        leads(b'd').with_when_changed(Some(vec![true, false, false, false, false, false, false]));
+    assert_eq!(update(&key_only, None, row("1", "a", t("n"))), None);
+    // A watched column whose new value is an unchanged TOAST: not changed.
+    let notes = leads(b'f').with_when_changed(Some(by_name(&leads(b'f').relation, &["notes"])));
+    let old = row("1", "a", t("long"));
+    assert_eq!(
+        update(&notes, Some((OldKind::Full, old)), row("1", "b", U)),
+        None
+    );
+}

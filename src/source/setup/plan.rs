@@ -174,11 +174,12 @@ pub fn create_publication_sql(cfg: &Config) -> String {
     )
 }
 
-/// What `walhook setup` does to a publication that is not as walhook needs.
-pub fn alter_publication_sql(cfg: &Config) -> Vec<String> {
+/// What `walhook setup` does to a publication that is not as walhook needs:
+/// `tables` are the mapped tables by the names they have now.
+pub fn alter_publication_sql(cfg: &Config, tables: &str) -> Vec<String> {
     let name = quote_ident(&cfg.source.publication);
     vec![
-        format!("ALTER PUBLICATION {name} SET TABLE {};", super::tables_sql(cfg)),
+        format!("ALTER PUBLICATION {name} SET TABLE {tables};"),
         format!("ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate');"),
     ]
 }

@@ -3,8 +3,9 @@
 //! their own for tests that restart, stop or crash the server, and
 //! deadline-bound waits. The submodules hold a scriptable HTTP receiver
 //! (`receiver`), walhook run in-process or as a child (`app`), a walhook with
-//! real deliveries for the admin tests (`admin`) and a child's output line by
-//! line (`lines`).
+//! real deliveries for the admin tests (`admin`), a child's output line by
+//! line (`lines`), `walhook run` as a child whose log is read (`daemon`)
+//! and certificates for the TLS tests (`pki`).
 //!
 //! The shared cluster lives in a `static` and is never dropped. That is safe:
 //! every [`TempCluster`] has a watchdog process that stops the server and
@@ -14,7 +15,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod daemon;
+pub mod drift;
 pub mod lines;
+pub mod pki;
 pub mod receiver;
 
 use std::future::Future;

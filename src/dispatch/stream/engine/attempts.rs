@@ -161,7 +161,7 @@ impl Engine {
         let c = &d.ev.captured;
         // The cycle starts at the commit (SPEC §5: ages from commit time).
         let next = outcome::next_state(
-            &self.deps.cfg.delivery.retry,
+            &self.eps[ep].cfg.retry,
             &done.record,
             c.commit_time_unix_micros.div_euclid(1000),
             1,

@@ -133,7 +133,7 @@ impl Engine {
         };
         let c = &d.ev.captured;
         let next = outcome::next_state(
-            &self.deps.cfg.delivery.retry,
+            &self.eps[d.ep].cfg.retry,
             &done.record,
             c.commit_time_unix_micros.div_euclid(1000),
             1,
@@ -169,7 +169,7 @@ impl Engine {
         let parked = self
             .eps
             .iter()
-            .filter(|e| e.parked.is_some())
+            .filter(|e| e.parked.is_some() && !e.ledger_only)
             .map(|e| e.id.to_string())
             .collect();
         self.looking = self.asks.try_send(Ask { records, parked }).is_ok();
@@ -192,7 +192,12 @@ impl Engine {
                 continue;
             }
             let idle = seen.idle.iter().any(|d| **d == *ep.id);
-            if ep.parked.is_some() && idle && ep.spilling == 0 && ep.spilled_at < seen.looked_at {
+            if ep.parked.is_some()
+                && !ep.ledger_only
+                && idle
+                && ep.spilling == 0
+                && ep.spilled_at < seen.looked_at
+            {
                 tracing::info!(endpoint = %ep.id, "first attempts from the stream again");
                 let ep = &mut self.eps[i];
                 ep.parked = None;
