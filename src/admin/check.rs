@@ -13,8 +13,10 @@ use crate::source::objects::{self, Mapping, ResolveError};
 use crate::source::setup::{self, SetupError};
 
 mod ledger_db;
+mod privileges;
 
 use ledger_db::{ledger_schema, source_holds_no_ledger};
+use privileges::{privileges, publication_owner};
 
 use super::human::human_lag;
 use super::reports::{Reports, url_origin};
@@ -206,61 +208,16 @@ async fn database_checks(
         )),
         Err(e) => checks.push(db_fail("wal_level", e)),
     }
-    checks.push(privileges(client).await);
+    let ledger_rights = privileges(client, ledger_db, cfg, checks).await;
     // Without the ledger, tables resolve by name only.
     let mapping = tables(client, ledger_db.unwrap_or(client), cfg, checks).await;
     checks.push(publication(client, cfg, mapping.as_ref()).await);
     replica_identity(client, cfg, checks).await;
     let ledger_ok = match ledger_db {
-        Some(l) => ledger_schema(l, cfg, checks).await,
+        Some(l) => ledger_schema(l, cfg, checks).await && ledger_rights,
         None => false,
     };
     checks.push(slot(client, ledger_db.unwrap_or(client), cfg, ledger_ok).await);
-}
-
-async fn privileges(client: &Client) -> Check {
-    let row = client
-        .query_one(
-            "SELECT current_user::text, r.rolsuper, r.rolreplication,
-                    has_database_privilege(current_database(), 'CREATE'), current_database()::text
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await;
-    let r = match row {
-        Ok(r) => r,
-        Err(e) => return db_fail("privileges", e),
-    };
-    let (user, sup, repl, create, db): (String, bool, bool, bool, String) =
-        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-    if sup {
-        return Check::ok("privileges", format!("role {user} is a superuser"));
-    }
-    let mut missing: Vec<String> = Vec::new();
-    let mut fix = Vec::new();
-    if !repl {
-        missing.push("the REPLICATION attribute".into());
-        fix.push(format!("ALTER ROLE \"{user}\" REPLICATION;"));
-    }
-    if !create {
-        missing.push(format!("CREATE on database {db}"));
-        fix.push(format!("GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\";"));
-    }
-    if missing.is_empty() {
-        Check::ok(
-            "privileges",
-            format!("role {user} has REPLICATION and CREATE on database {db}"),
-        )
-    } else {
-        Check::fail(
-            "privileges",
-            format!("role {user} lacks {}", missing.join(" and ")),
-            format!(
-                "as a superuser run: {} (see sql/00-role.sql)",
-                fix.join(" ")
-            ),
-        )
-    }
 }
 
 /// What the publication lacks and what it has too many of.
@@ -370,11 +327,10 @@ async fn publication(client: &Client, cfg: &Config, mapping: Option<&Mapping>) -
             ),
         )
     } else {
-        Check::fail(
-            "publication",
-            problems.join("; "),
-            "run `walhook setup`, which sets the publication to exactly the mapped tables, every operation, no filters",
-        )
+        let hint = publication_owner(client, pubname).await.unwrap_or_else(|| {
+            "run `walhook setup`, which sets the publication to exactly the mapped tables, every operation, no filters".into()
+        });
+        Check::fail("publication", problems.join("; "), hint)
     }
 }
 

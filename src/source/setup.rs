@@ -10,6 +10,7 @@
 //! may and skips the rest, each skipped step with the SQL a DBA runs instead
 //! ([`plan`] prints all of it: `walhook setup --print-sql`).
 
+pub mod grants;
 mod plan;
 mod slot;
 
@@ -42,6 +43,10 @@ pub enum SetupError {
         "permission denied while trying to {action}: {detail}. `walhook check` names each missing privilege with the GRANT that fixes it; `walhook setup --print-sql` prints everything a DBA runs for this role (or see sql/00-role.sql to sql/04-slot.sql)."
     )]
     Privilege { action: String, detail: String },
+    #[error(
+        "the role lacks privileges walhook needs:\n{0}\n`walhook check` lists every missing privilege; `walhook setup --print-sql` prints everything a DBA runs for this role (README \"Least privilege\")."
+    )]
+    MissingPrivileges(String),
     #[error("while trying to {action} on a replication connection: {detail}")]
     Replication { action: String, detail: String },
     #[error(
@@ -64,7 +69,7 @@ pub enum SetupError {
     Objects(#[from] ResolveError),
 }
 
-pub(super) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
+pub(crate) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
     move |source| {
         if source.code().map(|c| c.code()) == Some("42501") {
             let detail = source
@@ -335,7 +340,11 @@ pub async fn run(
         let saved = mapping.save(&ledger, ledger_db).await;
         if let Err(e) = saved.map_err(|e| denied(e.into(), "remember the mapped tables")) {
             let sql = ledger_sql(&cfg.ledger.schema, &current_user(ledger_db).await?);
-            steps.push(Step::skip_denied(e, "the mapped tables remembered in the ledger", sql)?);
+            steps.push(Step::skip_denied(
+                e,
+                "the mapped tables remembered in the ledger",
+                sql,
+            )?);
         }
     }
     steps.push(Step::found(format!(
@@ -558,7 +567,8 @@ async fn publication(
         .batch_execute(&plan::alter_publication_sql(cfg, &tables).join("\n"))
         .await
         .map_err(db_err("change the publication's tables"));
-    let what = format!("publication {publication} set to the mapped tables, every operation, no filters");
+    let what =
+        format!("publication {publication} set to the mapped tables, every operation, no filters");
     match altered {
         Ok(()) => Ok(Step::made(what)),
         Err(e) => Step::skip_denied(e, what, plan::alter_publication_sql(cfg, &tables)),

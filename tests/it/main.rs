@@ -21,6 +21,7 @@ mod http_attempt;
 mod ledger_db;
 mod listen;
 mod policy;
+mod privilege;
 mod retention;
 mod retry_race;
 mod secrets;

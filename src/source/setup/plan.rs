@@ -162,7 +162,10 @@ fn read_sql(cfg: &Config, role: &str) -> Vec<String> {
             quote_ident(schema)
         ));
     }
-    out.push(format!("GRANT SELECT ON {} TO {r};", super::tables_sql(cfg)));
+    out.push(format!(
+        "GRANT SELECT ON {} TO {r};",
+        super::tables_sql(cfg)
+    ));
     out
 }
 
@@ -196,7 +199,9 @@ pub fn replica_identity_sql(cfg: &Config) -> Vec<String> {
 pub fn create_slot_sql(cfg: &Config) -> String {
     let slot = quote_literal(&cfg.source.slot);
     if cfg.source.failover {
-        format!("SELECT pg_create_logical_replication_slot({slot}, 'pgoutput', false, false, true);")
+        format!(
+            "SELECT pg_create_logical_replication_slot({slot}, 'pgoutput', false, false, true);"
+        )
     } else {
         format!("SELECT pg_create_logical_replication_slot({slot}, 'pgoutput');")
     }
@@ -223,7 +228,9 @@ mod tests {
         assert!(set < first_table && first_table < reset, "{sql:#?}");
         // Only the DBA creates the schema: the role may not.
         assert_eq!(
-            sql.iter().filter(|s| s.starts_with("CREATE SCHEMA")).count(),
+            sql.iter()
+                .filter(|s| s.starts_with("CREATE SCHEMA"))
+                .count(),
             1
         );
         assert!(pos("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES") > reset);

@@ -86,7 +86,9 @@ pub(super) async fn slot(client: &Client, cfg: &Config) -> Result<Step, SetupErr
             };
             let what = format!("replication slot {slot} ({kind})");
             return match created.map_err(db_err("create the replication slot")) {
-                Ok(_) => Ok(Step::made(format!("replication slot {slot} created ({kind})"))),
+                Ok(_) => Ok(Step::made(format!(
+                    "replication slot {slot} created ({kind})"
+                ))),
                 Err(e) => Step::skip_denied(e, what, vec![create_slot_sql(cfg)]),
             };
         }
@@ -95,7 +97,10 @@ pub(super) async fn slot(client: &Client, cfg: &Config) -> Result<Step, SetupErr
     if have == cfg.source.failover {
         return Ok(Step::found(format!("replication slot {slot} ({kind})")));
     }
-    let what = format!("replication slot {slot} set to failover = {}", cfg.source.failover);
+    let what = format!(
+        "replication slot {slot} set to failover = {}",
+        cfg.source.failover
+    );
     match alter_failover(cfg).await {
         Ok(()) => Ok(Step::made(what)),
         Err(e) => Step::skip_denied(e, what, vec![alter_failover_sql(cfg)]),
