@@ -388,7 +388,7 @@ async fn slot(client: &Client, ledger_db: &Client, cfg: &Config, ledger_ok: bool
             Ok(None) => Check::fail(
                 &name,
                 "does not exist",
-                "run `walhook setup` (or sql/04-slot.sql)",
+                "run `walhook setup` (or sql/05-slot.sql)",
             ),
             Ok(Some(p)) => slot_plugin_check(&name, &cfg.source.slot, &p)
                 .unwrap_or_else(|| Check::ok(&name, "exists (pgoutput)")),
@@ -402,7 +402,7 @@ async fn slot(client: &Client, ledger_db: &Client, cfg: &Config, ledger_ok: bool
         return Check::fail(
             &name,
             "does not exist",
-            "run `walhook setup` (or sql/04-slot.sql)",
+            "run `walhook setup` (or sql/05-slot.sql)",
         );
     }
     if let Some(c) = slot_plugin_check(&name, &s.name, s.plugin.as_deref().unwrap_or_default()) {

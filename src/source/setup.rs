@@ -40,7 +40,7 @@ pub enum SetupError {
     )]
     SlotElsewhere { slot: String, database: String },
     #[error(
-        "permission denied while trying to {action}: {detail}. `walhook check` names each missing privilege with the GRANT that fixes it; `walhook setup --print-sql` prints everything a DBA runs for this role (or see sql/00-role.sql to sql/04-slot.sql)."
+        "permission denied while trying to {action}: {detail}. `walhook check` names each missing privilege with the GRANT that fixes it; `walhook setup --print-sql` prints everything a DBA runs for this role (or see sql/00-role.sql to sql/05-slot.sql)."
     )]
     Privilege { action: String, detail: String },
     #[error(
@@ -373,7 +373,7 @@ pub fn incomplete(steps: &[Step]) -> Option<String> {
         return None;
     }
     Some(format!(
-        "setup is incomplete: {} step(s) need privileges this role lacks (permission denied). A DBA runs the SQL shown above, or everything walhook needs for this role: `walhook setup --print-sql` (sql/00-role.sql to sql/04-slot.sql explain it); then `walhook check`.",
+        "setup is incomplete: {} step(s) need privileges this role lacks (permission denied). A DBA runs the SQL shown above, or everything walhook needs for this role: `walhook setup --print-sql` (sql/00-role.sql to sql/05-slot.sql explain it); then `walhook check`.",
         skipped.len()
     ))
 }

@@ -176,3 +176,41 @@ async fn a_replication_only_role_runs_walhook_after_the_printed_sql() {
         "{err}"
     );
 }
+
+/// The files of `sql/`, as README "Least privilege" tells a DBA to apply
+/// them (names replaced: database `app`), leave nothing for `check` to ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_files_set_up_a_least_privilege_role() {
+    // Its own cluster: the files name role and slot "walhook", which are
+    // cluster-wide.
+    let cluster = crate::common::private_cluster(Default::default()).await;
+    let db = crate::common::fresh_db_on(&cluster, "sql_files").await;
+    db.psql(CRM_TABLES).await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+    for file in [
+        "00-role.sql",
+        "01-ledger.sql",
+        "02-role.sql",
+        "03-publication.sql",
+        "04-replica-identity.sql",
+        "05-slot.sql",
+    ] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let text = text.replace("ON DATABASE app TO", &format!("ON DATABASE {} TO", db.name));
+        db.psql(&text).await;
+    }
+    let receiver = Receiver::start(Behaviour::AlwaysOk).await;
+    let rest = format!(
+        "[[endpoints]]\nid = \"hooks\"\nurl = \"{}hooks\"\nsecret = \"s3cret\"\n",
+        receiver.url()
+    );
+    let text = app::config_text(&db, CRM_OBJECTS, &rest)
+        .replace("postgres@", "walhook@")
+        .replace(&format!("slot = \"{}\"", db.name), "slot = \"walhook\"");
+    let (_dir, path) = app::write_config(&text);
+    let out = cli_ok(&path, &["check"]);
+    assert!(out.contains("✓ privileges: role walhook has REPLICATION"), "{out}");
+    assert!(out.contains("✓ slot walhook: exists"), "{out}");
+    let out = cli_ok(&path, &["setup"]);
+    assert!(out.contains("nothing to change"), "{out}");
+}
