@@ -14,6 +14,7 @@ use crate::source::setup::{self, SetupError};
 
 mod ledger_db;
 mod privileges;
+mod replication;
 
 use ledger_db::{ledger_schema, source_holds_no_ledger};
 use privileges::{privileges, publication_owner};
@@ -160,6 +161,11 @@ async fn reach(
     let target = crate::pg::describe_target(url);
     match crate::pg::connect_within(url, "walhook check", cfg.source.connect_timeout).await {
         Err(e) => {
+            let e = e.to_string();
+            let hint = match replication::pooler_suspect(url, Some(&e)) {
+                Some(why) => replication::pooler_hint(&why),
+                None => hint.to_string(),
+            };
             checks.push(Check::fail(
                 name,
                 format!("cannot reach {target}: {e}"),
@@ -218,6 +224,8 @@ async fn database_checks(
         None => false,
     };
     checks.push(slot(client, ledger_db.unwrap_or(client), cfg, ledger_ok).await);
+    checks.extend(replication::failover(client, cfg).await);
+    checks.push(replication::connection(cfg).await);
 }
 
 /// What the publication lacks and what it has too many of.
