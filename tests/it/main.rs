@@ -16,6 +16,7 @@ mod demo;
 mod dispatch;
 mod drift;
 mod embedded;
+mod failover;
 mod fast_path;
 mod http_attempt;
 mod ledger_db;

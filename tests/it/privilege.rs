@@ -77,7 +77,10 @@ async fn a_replication_only_role_runs_walhook_after_the_printed_sql() {
         out.contains(&format!("✓ privileges: role {role} has REPLICATION")),
         "{out}"
     );
-    assert!(out.contains("✓ replication: a replication connection to 127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("✓ replication: a replication connection to 127.0.0.1:"),
+        "{out}"
+    );
     let out = cli_ok(&path, &["setup"]);
     assert!(out.contains("nothing to change"), "{out}");
     let mut run = Daemon::spawn(&path, &[], None);
@@ -171,7 +174,10 @@ async fn a_replication_only_role_runs_walhook_after_the_printed_sql() {
         out.contains(&format!("role {role} lacks the REPLICATION attribute")),
         "{out}"
     );
-    assert!(out.contains("✗ replication: no replication connection to a primary"), "{out}");
+    assert!(
+        out.contains("✗ replication: no replication connection to a primary"),
+        "{out}"
+    );
     let (_, err) = cli_fails(&path, &["run"]);
     assert!(
         err.contains(&format!("ALTER ROLE \"{role}\" REPLICATION;")),
