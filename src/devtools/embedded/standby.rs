@@ -45,7 +45,8 @@ impl TempCluster {
         cmd.arg("-D")
             .arg(&self.data)
             .args(["-d", &conninfo, "-X", "stream", "-R", "-C", "-S", slot])
-            .arg("--no-sync");
+            // A spread checkpoint would make the copy wait a minute or more.
+            .args(["--checkpoint=fast", "--no-sync"]);
         let output = cmd
             .output()
             .map_err(io_err(format!("running {}", program.display())))?;
