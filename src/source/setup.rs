@@ -13,9 +13,11 @@
 pub mod grants;
 mod plan;
 mod slot;
+mod step;
 
 pub use plan::{FALLBACK_ROLE, ledger_sql, plan_sql, url_user};
 pub use slot::{FAILOVER_SINCE, check_failover_support, server_version, slot_failover};
+pub use step::{DbaWork, Step, incomplete};
 
 use tokio_postgres::Client;
 
@@ -87,24 +89,6 @@ pub(crate) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> Setu
             }
         }
     }
-}
-
-/// One line of what setup did or found, or could not do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub what: String,
-    pub changed: bool,
-    /// Not done: the role lacks a privilege for it.
-    pub needs_dba: Option<DbaWork>,
-}
-
-/// A step the role may not do, and what a DBA runs instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbaWork {
-    /// The server's words (`permission denied for ...`).
-    pub reason: String,
-    /// The statements, `;`-terminated (or `--` comments).
-    pub sql: Vec<String>,
 }
 
 /// The ledger lives in a database of its own: `[ledger] url` names another
@@ -366,18 +350,6 @@ pub async fn run(
     Ok(steps)
 }
 
-/// When steps were skipped: what to tell the operator (the run failed).
-pub fn incomplete(steps: &[Step]) -> Option<String> {
-    let skipped: Vec<&Step> = steps.iter().filter(|s| s.needs_dba.is_some()).collect();
-    if skipped.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "setup is incomplete: {} step(s) need privileges this role lacks (permission denied). A DBA runs the SQL shown above, or everything walhook needs for this role: `walhook setup --print-sql` (sql/00-role.sql to sql/05-slot.sql explain it); then `walhook check`.",
-        skipped.len()
-    ))
-}
-
 /// A permission error from resolving the mapped tables (the ledger's
 /// objects table, usually) as [`SetupError::Privilege`].
 fn denied(e: ResolveError, action: &str) -> SetupError {
@@ -402,63 +374,6 @@ async fn current_user(client: &Client) -> Result<String, SetupError> {
         .await
         .map_err(db_err("read the current role"))?
         .get(0))
-}
-
-impl Step {
-    fn found(what: impl Into<String>) -> Step {
-        Step {
-            what: what.into(),
-            changed: false,
-            needs_dba: None,
-        }
-    }
-
-    fn made(what: impl Into<String>) -> Step {
-        Step {
-            what: what.into(),
-            changed: true,
-            needs_dba: None,
-        }
-    }
-
-    /// A [`SetupError::Privilege`] becomes a skipped step with `sql` for a
-    /// DBA; any other error stays an error.
-    fn skip_denied(
-        e: SetupError,
-        what: impl Into<String>,
-        sql: Vec<String>,
-    ) -> Result<Step, SetupError> {
-        match e {
-            SetupError::Privilege { detail, .. } => Ok(Step {
-                what: what.into(),
-                changed: false,
-                needs_dba: Some(DbaWork {
-                    reason: detail,
-                    sql,
-                }),
-            }),
-            other => Err(other),
-        }
-    }
-
-    /// The line `walhook setup` prints: `+` made, `=` found, `!` skipped
-    /// (then the reason and the SQL for a DBA, indented).
-    pub fn render(&self) -> String {
-        match &self.needs_dba {
-            None => format!("{} {}", if self.changed { "+" } else { "=" }, self.what),
-            Some(work) => {
-                let mut out = format!(
-                    "! {}: not done, {}; a DBA runs (as the owner or a superuser):",
-                    self.what, work.reason
-                );
-                for stmt in &work.sql {
-                    out.push_str("\n    ");
-                    out.push_str(stmt);
-                }
-                out
-            }
-        }
-    }
 }
 
 /// The ledger's DDL, run by the role. The role may own the schema without
