@@ -84,7 +84,10 @@ async fn setup_makes_a_failover_slot_and_check_looks_at_it() {
     let (_dir, path) = app::write_config(&text);
     let (ok, sql) = cli(&path, &["setup", "--print-sql"]);
     assert!(ok, "{sql}");
-    assert!(sql.contains("'pgoutput', false, false, true);"), "{sql}");
+    assert!(
+        sql.contains("'pgoutput', false, false, true) WHERE NOT EXISTS"),
+        "{sql}"
+    );
     let (ok, out) = cli(&path, &["setup"]);
     assert!(ok, "{out}");
     assert!(out.contains("(pgoutput, failover)"), "{out}");

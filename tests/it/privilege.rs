@@ -61,6 +61,17 @@ async fn a_replication_only_role_runs_walhook_after_the_printed_sql() {
     );
     assert!(out.contains("lacks CREATE on database"), "{out}");
 
+    // setup as the role does what it may (the slot), and prints for each
+    // other step the SQL a DBA runs instead; it fails.
+    let (out, err) = cli_fails(&path, &["setup"]);
+    assert!(out.contains("created (pgoutput)"), "{out}");
+    assert!(
+        out.contains("! publication walhook: not done, permission denied")
+            && out.contains("a DBA runs (as the owner or a superuser):\n    CREATE PUBLICATION"),
+        "{out}"
+    );
+    assert!(err.contains("setup is incomplete"), "{err}");
+
     // The DBA applies the printed SQL (for the URL's user) as the owner.
     let sql = cli_ok(&path, &["setup", "--print-sql"]);
     assert!(

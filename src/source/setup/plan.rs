@@ -195,16 +195,19 @@ pub fn replica_identity_sql(cfg: &Config) -> Vec<String> {
 }
 
 /// `pg_create_logical_replication_slot`, as a failover slot when
-/// `source.failover` says so (arguments: temporary, two-phase, failover).
+/// `source.failover` says so (arguments: temporary, two-phase, failover),
+/// and only if there is none yet: `walhook setup` run by the role may have
+/// made it already (REPLICATION is enough), and the script must not stop there.
 pub fn create_slot_sql(cfg: &Config) -> String {
     let slot = quote_literal(&cfg.source.slot);
-    if cfg.source.failover {
-        format!(
-            "SELECT pg_create_logical_replication_slot({slot}, 'pgoutput', false, false, true);"
-        )
+    let args = if cfg.source.failover {
+        ", false, false, true"
     } else {
-        format!("SELECT pg_create_logical_replication_slot({slot}, 'pgoutput');")
-    }
+        ""
+    };
+    format!(
+        "SELECT pg_create_logical_replication_slot({slot}, 'pgoutput'{args}) WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = {slot});"
+    )
 }
 
 #[cfg(test)]
@@ -243,7 +246,7 @@ mod tests {
         let cfg = Config::from_toml_str(text, "t.toml").unwrap();
         assert_eq!(
             create_slot_sql(&cfg),
-            "SELECT pg_create_logical_replication_slot('walhook', 'pgoutput', false, false, true);"
+            "SELECT pg_create_logical_replication_slot('walhook', 'pgoutput', false, false, true) WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'walhook');"
         );
     }
 }
