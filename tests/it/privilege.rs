@@ -153,6 +153,23 @@ async fn a_replication_only_role_runs_walhook_after_the_printed_sql() {
     db.psql(&format!("GRANT SELECT ON crm.students TO {role}"))
         .await;
 
+    // A publication the role may not change: check says who may.
+    db.psql("ALTER PUBLICATION walhook DROP TABLE crm.students")
+        .await;
+    let (out, _) = cli_fails(&path, &["check"]);
+    assert!(
+        out.contains("mapped table crm.students is not in the publication walhook"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "role {role} does not own the publication walhook and may not change it: as its owner postgres"
+        )),
+        "{out}"
+    );
+    db.psql("ALTER PUBLICATION walhook ADD TABLE crm.students")
+        .await;
+
     // The ledger no longer the role's, and no grant on it: run refuses to
     // start with the same words as check, not a bare "permission denied".
     db.psql(&format!(
