@@ -31,26 +31,7 @@ pub fn plan_sql(cfg: &Config, role: Option<&str>) -> Vec<String> {
         .map(str::to_owned)
         .or_else(|| url_user(cfg.ledger_url()))
         .unwrap_or_else(|| source_role.clone());
-    let mut out = vec![
-        format!(
-            "-- walhook setup --print-sql, for role {} ({}).",
-            quote_ident(&source_role),
-            if role.is_some() {
-                "--role"
-            } else {
-                "the user in source.url; `--role NAME` names another"
-            }
-        ),
-        "-- Run it as a superuser (or the mapped tables' owner with CREATE on the database),"
-            .into(),
-        "-- e.g. psql -v ON_ERROR_STOP=1 -f walhook.sql. The role must exist; see README \"Least privilege\":".into(),
-        format!(
-            "--   CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD '...';",
-            quote_ident(&source_role)
-        ),
-        "-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)"
-            .into(),
-    ];
+    let mut out = header(&source_role, role.is_some());
     let separate = super::separate_ledger(cfg);
     if separate {
         out.push(String::new());
@@ -90,6 +71,30 @@ pub fn plan_sql(cfg: &Config, role: Option<&str>) -> Vec<String> {
     );
     out.push(create_slot_sql(cfg));
     out
+}
+
+/// Who the SQL is for, who runs it, and what the server needs first.
+fn header(source_role: &str, given: bool) -> Vec<String> {
+    vec![
+        format!(
+            "-- walhook setup --print-sql, for role {} ({}).",
+            quote_ident(source_role),
+            if given {
+                "--role"
+            } else {
+                "the user in source.url; `--role NAME` names another"
+            }
+        ),
+        "-- Run it as a superuser (or the mapped tables' owner with CREATE on the database),"
+            .into(),
+        "-- e.g. psql -v ON_ERROR_STOP=1 -f walhook.sql. The role must exist; see README \"Least privilege\":".into(),
+        format!(
+            "--   CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD '...';",
+            quote_ident(source_role)
+        ),
+        "-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)"
+            .into(),
+    ]
 }
 
 /// `GRANT CONNECT` on the database `url` names.
@@ -238,6 +243,31 @@ mod tests {
         );
         assert!(pos("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES") > reset);
         assert!(sql.iter().all(|s| s.starts_with("--") || s.ends_with(';')));
+    }
+
+    #[test]
+    fn the_role_is_the_urls_user_unless_named() {
+        let text = "[source]\nurl = \"postgres://app_user@h/db\"\n[[objects]]\ntable = \"crm.t\"\nslug = \"t\"\n";
+        let cfg = Config::from_toml_str(text, "t.toml").unwrap();
+        let sql = plan_sql(&cfg, None).join("\n");
+        assert!(sql.contains("AUTHORIZATION \"app_user\";"), "{sql}");
+        assert!(
+            sql.contains("GRANT USAGE ON SCHEMA \"crm\" TO \"app_user\";"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("GRANT SELECT ON \"crm\".\"t\" TO \"app_user\";"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("GRANT CONNECT ON DATABASE \"db\" TO \"app_user\";"),
+            "{sql}"
+        );
+        let named = plan_sql(&cfg, Some("wh")).join("\n");
+        assert!(
+            named.contains("AUTHORIZATION \"wh\";") && !named.contains("\"app_user\""),
+            "{named}"
+        );
     }
 
     #[test]
