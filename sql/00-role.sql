@@ -1,14 +1,12 @@
--- A least-privilege role for walhook (run as a superuser or the database owner).
--- Replace the password, the database name and the table list with yours.
+-- The role walhook logs in as: LOGIN REPLICATION, nothing more (run as a
+-- superuser). "walhook" is a placeholder: use the user of your source.url
+-- everywhere it appears in 00-role.sql and 02-role.sql, and your database name.
+-- On managed services the attribute comes another way (README "Managed
+-- services"), e.g. on Amazon RDS / Aurora: GRANT rds_replication TO walhook;
 CREATE ROLE walhook WITH LOGIN REPLICATION PASSWORD 'change-me';
-GRANT CONNECT, CREATE ON DATABASE app TO walhook;      -- CREATE: the publication and the ledger schema
--- With the ledger in a database of its own ([ledger] url), the ledger schema
--- goes there instead (no REPLICATION needed for it):
--- GRANT CONNECT, CREATE ON DATABASE walhook_ledger TO walhook;
-GRANT USAGE ON SCHEMA public TO walhook;
-GRANT SELECT ON public.leads, public.users, public.opportunities TO walhook;
-GRANT USAGE ON SCHEMA crm TO walhook;
-GRANT SELECT ON crm.students TO walhook;
--- If a DBA runs 02-publication.sql and 03-replica-identity.sql (below) the role
--- needs no ownership of the tables. Otherwise `walhook setup` must run as the
--- tables' owner (CREATE PUBLICATION ... FOR TABLE and ALTER TABLE need it).
+GRANT CONNECT ON DATABASE app TO walhook;
+-- With the ledger in a database of its own ([ledger] url), also:
+-- GRANT CONNECT ON DATABASE walhook_ledger TO walhook;
+-- Then, as a superuser (or the tables' owner): 01-ledger.sql, 02-role.sql,
+-- 03-publication.sql, 04-replica-identity.sql, 05-slot.sql. Or everything at
+-- once for your config: walhook setup --print-sql [--role NAME].

@@ -102,6 +102,7 @@ pub async fn preflight(cfg: &Config) -> Result<(), RunError> {
     };
     let ledger_db = ledger_db.as_ref().unwrap_or(&source);
     setup::check_wal_level(&source).await?;
+    setup::grants::require_for_run(&source, ledger_db, cfg).await?;
     let ledger = Ledger::new(&cfg.ledger.schema);
     ledger.ensure_exists(ledger_db).await?;
     if setup::slot_plugin(&source, &cfg.source.slot)

@@ -429,13 +429,27 @@ pub async fn connect_within(
 }
 
 /// Settings for a logical replication session on `slot` with pgoutput over
-/// `publication`, from the database URL, TLS included. The caller adds what
-/// is specific to its session (start position, status interval, options).
+/// `publication`, from the database URL (its first host), TLS included. The
+/// caller adds what is specific to its session (start position, status
+/// interval, options).
 pub fn replication_config(
     url: &Secret,
     slot: &str,
     publication: &str,
 ) -> Result<ReplicationConfig, ConnectError> {
+    Ok(replication_configs(url, slot, publication)?.remove(0))
+}
+
+/// [`replication_config`] for each host the URL names, in order
+/// (`host=a,b port=5432,5433`, or `postgres://u@a:5432,b:5433/db`): the
+/// replication connection takes one host, so the caller picks the primary.
+/// Never empty. As libpq, one port applies to every host, or each host has
+/// its own; so does `hostaddr`.
+pub fn replication_configs(
+    url: &Secret,
+    slot: &str,
+    publication: &str,
+) -> Result<Vec<ReplicationConfig>, ConnectError> {
     let info = parse_conninfo(url)?;
     if let Some(why) = info.replication_refusal() {
         return Err(ConnectError::Url(why.into()));
@@ -447,39 +461,60 @@ pub fn replication_config(
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let dbname = pg.get_dbname().unwrap_or(&user).to_string();
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let ports = pg.get_ports();
     // Names inside publication_names are split like identifiers: quote ours
     // so that a mixed-case name is not folded to lower case.
     let publication = quote_ident(publication);
-    let slot = slot.to_string();
-    if let Some(Host::Unix(dir)) = pg.get_hosts().first() {
-        // pgwire-replication uses no TLS on a socket, as libpq.
-        return Ok(ReplicationConfig::unix(
-            dir.display().to_string(),
-            port,
-            user,
-            password,
-            dbname,
-            slot,
-            publication,
-        ));
+    let localhost = [Host::Tcp("localhost".into())];
+    let hosts = match pg.get_hosts() {
+        [] => &localhost[..],
+        hosts => hosts,
+    };
+    if ports.len() > 1 && ports.len() != hosts.len() {
+        return Err(ConnectError::Url(format!(
+            "{} hosts but {} ports: give one port for all hosts or one per host",
+            hosts.len(),
+            ports.len()
+        )));
     }
-    let host = first_host(&pg);
-    // With hostaddr, connect there and still check the certificate (and send
-    // SNI) for the host name, as libpq.
-    let address = pg
-        .get_hostaddrs()
-        .first()
-        .map_or_else(|| host.clone(), |a| a.to_string());
-    let tls = tls::replication_tls(&tls, &host).map_err(|reason| ConnectError::Tls {
-        target: describe_target(url),
-        reason,
-    })?;
-    Ok(
-        ReplicationConfig::new(address, user, password, dbname, slot, publication)
-            .with_port(port)
-            .with_tls(tls),
-    )
+    let mut configs = Vec::with_capacity(hosts.len());
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let (user, password, dbname) = (user.clone(), password.clone(), dbname.clone());
+        let (slot, publication) = (slot.to_string(), publication.clone());
+        let h = match host {
+            Host::Unix(dir) => {
+                // pgwire-replication uses no TLS on a socket, as libpq.
+                configs.push(ReplicationConfig::unix(
+                    dir.display().to_string(),
+                    port,
+                    user,
+                    password,
+                    dbname,
+                    slot,
+                    publication,
+                ));
+                continue;
+            }
+            Host::Tcp(h) => h,
+        };
+        // With hostaddr, connect there and still check the certificate (and
+        // send SNI) for the host name, as libpq.
+        let address = pg
+            .get_hostaddrs()
+            .get(i)
+            .map_or_else(|| h.clone(), |a| a.to_string());
+        let tls = tls::replication_tls(&tls, h).map_err(|reason| ConnectError::Tls {
+            target: describe_target(url),
+            reason,
+        })?;
+        configs.push(
+            ReplicationConfig::new(address, user, password, dbname, slot, publication)
+                .with_port(port)
+                .with_tls(tls),
+        );
+    }
+    Ok(configs)
 }
 
 #[cfg(test)]
@@ -524,6 +559,24 @@ mod tests {
     fn targets_never_show_the_password() {
         let t = describe_target(&Secret::new("postgres://app:hunter2@db.example:6432/crm"));
         assert_eq!(t, "app@db.example:6432/crm");
+    }
+
+    #[test]
+    fn one_replication_config_per_host() {
+        let url = Secret::new("host=10.0.0.1,10.0.0.2 port=5432,5433 user=w dbname=app");
+        let all = replication_configs(&url, "s", "p").unwrap();
+        let at: Vec<_> = all.iter().map(|c| (c.host.as_str(), c.port)).collect();
+        assert_eq!(at, [("10.0.0.1", 5432), ("10.0.0.2", 5433)]);
+        let url = Secret::new("postgres://w@a:6000,b:6001/app");
+        let all = replication_configs(&url, "s", "p").unwrap();
+        let at: Vec<_> = all.iter().map(|c| (c.host.as_str(), c.port)).collect();
+        assert_eq!(at, [("a", 6000), ("b", 6001)]);
+        let url = Secret::new("host=a,b port=6000 user=w");
+        let all = replication_configs(&url, "s", "p").unwrap();
+        let at: Vec<_> = all.iter().map(|c| (c.host.as_str(), c.port)).collect();
+        assert_eq!(at, [("a", 6000), ("b", 6000)]);
+        let url = Secret::new("host=a,b,c port=1,2 user=w");
+        assert!(replication_configs(&url, "s", "p").is_err());
     }
 
     #[test]

@@ -13,8 +13,11 @@ use crate::source::objects::{self, Mapping, ResolveError};
 use crate::source::setup::{self, SetupError};
 
 mod ledger_db;
+mod privileges;
+mod replication;
 
 use ledger_db::{ledger_schema, source_holds_no_ledger};
+use privileges::{privileges, publication_owner};
 
 use super::human::human_lag;
 use super::reports::{Reports, url_origin};
@@ -158,6 +161,11 @@ async fn reach(
     let target = crate::pg::describe_target(url);
     match crate::pg::connect_within(url, "walhook check", cfg.source.connect_timeout).await {
         Err(e) => {
+            let e = e.to_string();
+            let hint = match replication::pooler_suspect(url, Some(&e)) {
+                Some(why) => replication::pooler_hint(&why),
+                None => hint.to_string(),
+            };
             checks.push(Check::fail(
                 name,
                 format!("cannot reach {target}: {e}"),
@@ -206,61 +214,18 @@ async fn database_checks(
         )),
         Err(e) => checks.push(db_fail("wal_level", e)),
     }
-    checks.push(privileges(client).await);
+    let ledger_rights = privileges(client, ledger_db, cfg, checks).await;
     // Without the ledger, tables resolve by name only.
     let mapping = tables(client, ledger_db.unwrap_or(client), cfg, checks).await;
     checks.push(publication(client, cfg, mapping.as_ref()).await);
     replica_identity(client, cfg, checks).await;
     let ledger_ok = match ledger_db {
-        Some(l) => ledger_schema(l, cfg, checks).await,
+        Some(l) => ledger_schema(l, cfg, checks).await && ledger_rights,
         None => false,
     };
     checks.push(slot(client, ledger_db.unwrap_or(client), cfg, ledger_ok).await);
-}
-
-async fn privileges(client: &Client) -> Check {
-    let row = client
-        .query_one(
-            "SELECT current_user::text, r.rolsuper, r.rolreplication,
-                    has_database_privilege(current_database(), 'CREATE'), current_database()::text
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await;
-    let r = match row {
-        Ok(r) => r,
-        Err(e) => return db_fail("privileges", e),
-    };
-    let (user, sup, repl, create, db): (String, bool, bool, bool, String) =
-        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-    if sup {
-        return Check::ok("privileges", format!("role {user} is a superuser"));
-    }
-    let mut missing: Vec<String> = Vec::new();
-    let mut fix = Vec::new();
-    if !repl {
-        missing.push("the REPLICATION attribute".into());
-        fix.push(format!("ALTER ROLE \"{user}\" REPLICATION;"));
-    }
-    if !create {
-        missing.push(format!("CREATE on database {db}"));
-        fix.push(format!("GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\";"));
-    }
-    if missing.is_empty() {
-        Check::ok(
-            "privileges",
-            format!("role {user} has REPLICATION and CREATE on database {db}"),
-        )
-    } else {
-        Check::fail(
-            "privileges",
-            format!("role {user} lacks {}", missing.join(" and ")),
-            format!(
-                "as a superuser run: {} (see sql/00-role.sql)",
-                fix.join(" ")
-            ),
-        )
-    }
+    checks.extend(replication::failover(client, cfg).await);
+    checks.push(replication::connection(cfg).await);
 }
 
 /// What the publication lacks and what it has too many of.
@@ -370,11 +335,10 @@ async fn publication(client: &Client, cfg: &Config, mapping: Option<&Mapping>) -
             ),
         )
     } else {
-        Check::fail(
-            "publication",
-            problems.join("; "),
-            "run `walhook setup`, which sets the publication to exactly the mapped tables, every operation, no filters",
-        )
+        let hint = publication_owner(client, pubname).await.unwrap_or_else(|| {
+            "run `walhook setup`, which sets the publication to exactly the mapped tables, every operation, no filters".into()
+        });
+        Check::fail("publication", problems.join("; "), hint)
     }
 }
 
@@ -432,7 +396,7 @@ async fn slot(client: &Client, ledger_db: &Client, cfg: &Config, ledger_ok: bool
             Ok(None) => Check::fail(
                 &name,
                 "does not exist",
-                "run `walhook setup` (or sql/04-slot.sql)",
+                "run `walhook setup` (or sql/05-slot.sql)",
             ),
             Ok(Some(p)) => slot_plugin_check(&name, &cfg.source.slot, &p)
                 .unwrap_or_else(|| Check::ok(&name, "exists (pgoutput)")),
@@ -446,7 +410,7 @@ async fn slot(client: &Client, ledger_db: &Client, cfg: &Config, ledger_ok: bool
         return Check::fail(
             &name,
             "does not exist",
-            "run `walhook setup` (or sql/04-slot.sql)",
+            "run `walhook setup` (or sql/05-slot.sql)",
         );
     }
     if let Some(c) = slot_plugin_check(&name, &s.name, s.plugin.as_deref().unwrap_or_default()) {

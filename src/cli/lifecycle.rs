@@ -33,9 +33,9 @@ pub async fn listen(opts: walhook::devtools::listen::ListenOptions) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn setup(cfg: &Config, print_sql: bool) -> Result<ExitCode> {
+pub async fn setup(cfg: &Config, print_sql: bool, role: Option<&str>) -> Result<ExitCode> {
     if print_sql {
-        for stmt in setup::plan_sql(cfg) {
+        for stmt in setup::plan_sql(cfg, role) {
             println!("{stmt}");
         }
         return Ok(ExitCode::SUCCESS);
@@ -44,7 +44,10 @@ pub async fn setup(cfg: &Config, print_sql: bool) -> Result<ExitCode> {
     let steps = setup::run(dbs.source(), dbs.ledger(), cfg).await?;
     let changed = steps.iter().filter(|s| s.changed).count();
     for s in &steps {
-        println!("{} {}", if s.changed { "+" } else { "=" }, s.what);
+        println!("{}", s.render());
+    }
+    if let Some(why) = setup::incomplete(&steps) {
+        bail!(why);
     }
     if changed == 0 {
         println!("nothing to change: walhook is already set up");

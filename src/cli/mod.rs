@@ -95,6 +95,9 @@ pub enum Command {
         /// Print the SQL instead of running it (for a DBA).
         #[arg(long)]
         print_sql: bool,
+        /// With --print-sql: the role walhook runs as (default: the user of source.url).
+        #[arg(long, requires = "print_sql")]
+        role: Option<String>,
     },
     /// The daemon: capture + dispatch + admin until SIGINT/SIGTERM.
     Run {
@@ -204,7 +207,9 @@ pub async fn dispatch_command(cli: Cli) -> Result<ExitCode> {
             };
             lifecycle::listen(opts).await
         }
-        Command::Setup { print_sql } => lifecycle::setup(&load_config(&path)?, print_sql).await,
+        Command::Setup { print_sql, role } => {
+            lifecycle::setup(&load_config(&path)?, print_sql, role.as_deref()).await
+        }
         Command::Run {
             no_capture,
             no_dispatch,

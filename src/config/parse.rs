@@ -54,6 +54,7 @@ pub(super) struct SourceFile {
     pub replica_identity: ReplicaIdentity,
     #[serde(deserialize_with = "duration::nonzero")]
     pub status_interval: Duration,
+    pub failover: bool,
 }
 
 impl Default for SourceFile {
@@ -67,6 +68,7 @@ impl Default for SourceFile {
             connect_timeout: Duration::from_secs(30),
             replica_identity: ReplicaIdentity::Full,
             status_interval: Duration::from_secs(1),
+            failover: false,
         }
     }
 }

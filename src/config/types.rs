@@ -55,6 +55,9 @@ pub struct SourceConfig {
     pub replica_identity: ReplicaIdentity,
     /// Interval between status updates to the server. Default 1s (key `status_interval`).
     pub status_interval: Duration,
+    /// `setup` creates the slot as a failover slot (PostgreSQL 17+), which
+    /// standbys with `sync_replication_slots` keep in step. Default false.
+    pub failover: bool,
 }
 
 /// `[ledger]`: where the retry ledger and the delivery history live.

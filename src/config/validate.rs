@@ -116,6 +116,7 @@ impl Validator<'_> {
             connect_timeout: file.connect_timeout,
             replica_identity: file.replica_identity,
             status_interval: file.status_interval,
+            failover: file.failover,
         })
     }
 

@@ -54,17 +54,21 @@ const PUBLICATION_RECHECK: Duration = Duration::from_secs(10);
 /// again at the first reconnect delay.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
-/// The replication connection settings for this config.
-pub fn replication_config(cfg: &Config) -> Result<ReplicationConfig, ConnectError> {
-    let rc = pg::replication_config(&cfg.source.url, &cfg.source.slot, &cfg.source.publication)?;
-    Ok(rc
-        // The slot's confirmed position is the source of truth: start there.
-        .with_start_lsn(pgwire_replication::Lsn::ZERO)
-        .with_status_interval(cfg.source.status_interval)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(STREAM_BUFFER)
-        .with_options(SESSION_OPTIONS)
-        .with_application_name(format!("walhook capture {}", cfg.source.name)))
+/// The replication connection settings for this config, one per host of
+/// `source.url` ([`super::primary`] picks the primary).
+pub fn replication_configs(cfg: &Config) -> Result<Vec<ReplicationConfig>, ConnectError> {
+    let all = pg::replication_configs(&cfg.source.url, &cfg.source.slot, &cfg.source.publication)?;
+    let session = |rc: ReplicationConfig| {
+        rc
+            // The slot's confirmed position is the source of truth: start there.
+            .with_start_lsn(pgwire_replication::Lsn::ZERO)
+            .with_status_interval(cfg.source.status_interval)
+            .with_wakeup_interval(Duration::from_secs(5))
+            .with_buffer_size(STREAM_BUFFER)
+            .with_options(SESSION_OPTIONS)
+            .with_application_name(format!("walhook capture {}", cfg.source.name))
+    };
+    Ok(all.into_iter().map(session).collect())
 }
 
 /// Runs capture until `shutdown`: one session after another, for ever, each
@@ -190,7 +194,7 @@ impl<'a> Session<'a> {
             }
             .run(runner_stop),
         );
-        let mut client = ReplicationClient::connect(replication_config(cfg)?).await?;
+        let mut client = super::primary::connect(replication_configs(cfg)?, login).await?;
         tokio::time::timeout(login, client.wait_started())
             .await
             .map_err(|_| CaptureError::StartTimeout(login))??;

@@ -36,6 +36,8 @@ pub enum CaptureError {
     StartTimeout(std::time::Duration),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    NoPrimary(#[from] super::primary::NoPrimary),
 }
 
 impl From<tokio_postgres::Error> for CaptureError {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod notices;
 pub mod objects;
 pub mod policy;
+pub mod primary;
 pub mod relations;
 pub mod setup;
 pub mod teardown;

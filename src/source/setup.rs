@@ -5,6 +5,19 @@
 //! Every step looks before it acts, so a second run changes nothing. The
 //! ledger may live in a database of its own (`[ledger] url`): its schema goes
 //! there, and the source database then holds no walhook table.
+//!
+//! Run by a role with `LOGIN REPLICATION` only, setup does what that role
+//! may and skips the rest, each skipped step with the SQL a DBA runs instead
+//! ([`plan`] prints all of it: `walhook setup --print-sql`).
+
+pub mod grants;
+mod plan;
+mod slot;
+mod step;
+
+pub use plan::{FALLBACK_ROLE, ledger_sql, plan_sql, url_user};
+pub use slot::{FAILOVER_SINCE, check_failover_support, server_version, slot_failover};
+pub use step::{DbaWork, Step, incomplete};
 
 use tokio_postgres::Client;
 
@@ -29,9 +42,19 @@ pub enum SetupError {
     )]
     SlotElsewhere { slot: String, database: String },
     #[error(
-        "permission denied while trying to {action}: {detail}. The role needs REPLICATION, CREATE on the database, and ownership of the mapped tables (see sql/00-role.sql), or a DBA can run the statements of `walhook setup --print-sql`."
+        "permission denied while trying to {action}: {detail}. `walhook check` names each missing privilege with the GRANT that fixes it; `walhook setup --print-sql` prints everything a DBA runs for this role (or see sql/00-role.sql to sql/05-slot.sql)."
     )]
     Privilege { action: String, detail: String },
+    #[error(
+        "the role lacks privileges walhook needs:\n{0}\n`walhook check` lists every missing privilege; `walhook setup --print-sql` prints everything a DBA runs for this role (README \"Least privilege\")."
+    )]
+    MissingPrivileges(String),
+    #[error("while trying to {action} on a replication connection: {detail}")]
+    Replication { action: String, detail: String },
+    #[error(
+        "source.failover = true needs PostgreSQL 17 or later (failover slots); the server is {version}. Set failover = false, or upgrade."
+    )]
+    FailoverUnsupported { version: String },
     #[error("while trying to {action}: {source}")]
     Db {
         action: String,
@@ -48,7 +71,7 @@ pub enum SetupError {
     Objects(#[from] ResolveError),
 }
 
-pub(super) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
+pub(crate) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> SetupError + '_ {
     move |source| {
         if source.code().map(|c| c.code()) == Some("42501") {
             let detail = source
@@ -68,13 +91,6 @@ pub(super) fn db_err(action: &str) -> impl FnOnce(tokio_postgres::Error) -> Setu
     }
 }
 
-/// One line of what setup did or found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub what: String,
-    pub changed: bool,
-}
-
 /// The ledger lives in a database of its own: `[ledger] url` names another
 /// database than the source's.
 pub fn separate_ledger(cfg: &Config) -> bool {
@@ -84,58 +100,7 @@ pub fn separate_ledger(cfg: &Config) -> bool {
         .is_some_and(|u| u.expose() != cfg.source.url.expose())
 }
 
-/// The SQL a DBA can run by hand for this config (what `--print-sql` prints).
-/// With a separate ledger database, a comment line before each part says in
-/// which database to run it.
-pub fn plan_sql(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    let separate = separate_ledger(cfg);
-    if separate {
-        out.push(format!(
-            "-- In the ledger database ({}):",
-            crate::pg::describe_target(cfg.ledger_url())
-        ));
-        out.extend(ledger_sql(cfg));
-        out.push(String::new());
-        out.push(format!(
-            "-- In the source database ({}):",
-            crate::pg::describe_target(&cfg.source.url)
-        ));
-    }
-    out.push(
-        "-- walhook needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart)"
-            .into(),
-    );
-    if !separate {
-        out.extend(ledger_sql(cfg));
-    }
-    out.push(format!(
-        "CREATE PUBLICATION {} FOR TABLE {};",
-        quote_ident(&cfg.source.publication),
-        tables_sql(cfg)
-    ));
-    if cfg.source.replica_identity == ReplicaIdentity::Full {
-        for o in &cfg.objects {
-            out.push(format!(
-                "ALTER TABLE {} REPLICA IDENTITY FULL;",
-                o.qualified_sql()
-            ));
-        }
-    }
-    out.push(format!(
-        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
-        cfg.source.slot
-    ));
-    out
-}
-
-fn ledger_sql(cfg: &Config) -> impl Iterator<Item = String> {
-    ledger::schema::ddl(&cfg.ledger.schema)
-        .into_iter()
-        .map(|stmt| format!("{stmt};"))
-}
-
-fn tables_sql(cfg: &Config) -> String {
+pub(crate) fn tables_sql(cfg: &Config) -> String {
     cfg.objects
         .iter()
         .map(|o| o.qualified_sql())
@@ -328,18 +293,22 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     }))
 }
 
-/// Run setup; returns what was done, step by step. The ledger's schema and
-/// what it remembers of the mapped tables go to `ledger_db` (the source
-/// database itself unless `[ledger] url` names another); the publication,
-/// replica identity and slot to `source`.
+/// Run setup; returns what was done, step by step (see [`incomplete`] for
+/// steps the role may not do). The ledger's schema and what it remembers of
+/// the mapped tables go to `ledger_db` (the source database itself unless
+/// `[ledger] url` names another); the publication, replica identity and
+/// slot to `source`.
 pub async fn run(
     source: &Client,
     ledger_db: &Client,
     cfg: &Config,
 ) -> Result<Vec<Step>, SetupError> {
     check_wal_level(source).await?;
+    check_failover_support(source, cfg).await?;
     let ledger = ledger::Ledger::new(&cfg.ledger.schema);
-    let mapping = objects::resolve_all(source, ledger_db, &ledger, cfg).await?;
+    let mapping = objects::resolve_all(source, ledger_db, &ledger, cfg)
+        .await
+        .map_err(|e| denied(e, "read the ledger"))?;
     let mut steps = vec![Step::found("wal_level is logical")];
     let mut schema = ledger_schema(ledger_db, &cfg.ledger.schema).await?;
     if separate_ledger(cfg) {
@@ -349,8 +318,19 @@ pub async fn run(
             crate::pg::describe_target(cfg.ledger_url())
         );
     }
+    let ledger_ready = schema.needs_dba.is_none();
     steps.push(schema);
-    mapping.save(&ledger, ledger_db).await?;
+    if ledger_ready {
+        let saved = mapping.save(&ledger, ledger_db).await;
+        if let Err(e) = saved.map_err(|e| denied(e.into(), "remember the mapped tables")) {
+            let sql = ledger_sql(&cfg.ledger.schema, &current_user(ledger_db).await?);
+            steps.push(Step::skip_denied(
+                e,
+                "the mapped tables remembered in the ledger",
+                sql,
+            )?);
+        }
+    }
     steps.push(Step::found(format!(
         "{} mapped table(s) exist and have primary keys",
         cfg.objects.len()
@@ -366,43 +346,74 @@ pub async fn run(
             steps.push(replica_identity_full(source, table).await?);
         }
     }
-    steps.push(slot(source, &cfg.source.slot).await?);
+    steps.push(slot::slot(source, cfg).await?);
     Ok(steps)
 }
 
-impl Step {
-    fn found(what: impl Into<String>) -> Step {
-        Step {
-            what: what.into(),
-            changed: false,
+/// A permission error from resolving the mapped tables (the ledger's
+/// objects table, usually) as [`SetupError::Privilege`].
+fn denied(e: ResolveError, action: &str) -> SetupError {
+    let sqlstate = match &e {
+        ResolveError::Ledger(l) => l.sqlstate(),
+        ResolveError::Catalog(c) => c.sqlstate(),
+        _ => None,
+    };
+    if sqlstate == Some("42501") {
+        SetupError::Privilege {
+            action: action.into(),
+            detail: e.to_string(),
         }
-    }
-
-    fn made(what: impl Into<String>) -> Step {
-        Step {
-            what: what.into(),
-            changed: true,
-        }
+    } else {
+        e.into()
     }
 }
 
+async fn current_user(client: &Client) -> Result<String, SetupError> {
+    Ok(client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(db_err("read the current role"))?
+        .get(0))
+}
+
+/// The ledger's DDL, run by the role. The role may own the schema without
+/// being allowed to create schemas (`CREATE SCHEMA IF NOT EXISTS` checks
+/// that before it looks), so an existing schema is not created again. A
+/// ledger whose tables another role owns cannot be altered by this one: if
+/// every table is there it is left as it is, else the step is skipped.
 async fn ledger_schema(client: &Client, schema: &str) -> Result<Step, SetupError> {
-    let existed = client
+    let row = client
         .query_one(
-            "SELECT to_regclass(format('%I.attempts', $1::text)) IS NOT NULL",
-            &[&schema],
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind = 'r')",
+            &[&schema, &ledger::schema::TABLES.as_slice()],
         )
         .await
-        .map_err(db_err("look up the ledger schema"))?
-        .get::<_, bool>(0);
+        .map_err(db_err("look up the ledger schema"))?;
+    let (schema_exists, tables): (bool, i64) = (row.get(0), row.get(1));
+    let complete = tables == ledger::schema::TABLES.len() as i64;
+    let what = format!("ledger schema {schema}");
     for stmt in ledger::schema::ddl(schema) {
-        client
+        if schema_exists && stmt.starts_with("CREATE SCHEMA") {
+            continue;
+        }
+        let Err(e) = client
             .batch_execute(&stmt)
             .await
-            .map_err(db_err("create the ledger schema"))?;
+            .map_err(db_err("create the ledger schema"))
+        else {
+            continue;
+        };
+        if complete && matches!(e, SetupError::Privilege { .. }) {
+            return Ok(Step::found(format!(
+                "{what} (its tables belong to another role: left as it is; if this walhook is newer, a DBA applies the ledger part of `walhook setup --print-sql`)"
+            )));
+        }
+        let sql = ledger_sql(schema, &current_user(client).await?);
+        return Step::skip_denied(e, what, sql);
     }
-    let what = format!("ledger schema {schema}");
-    Ok(if existed {
+    Ok(if complete {
         Step::found(what)
     } else {
         Step::made(what)
@@ -445,11 +456,18 @@ async fn publication(
         .collect::<Vec<_>>()
         .join(", ");
     let Some(have) = publication_tables(client, publication).await? else {
-        client
+        let created = client
             .batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE {tables}"))
             .await
-            .map_err(db_err("create the publication"))?;
-        return Ok(Step::made(format!("publication {publication} created")));
+            .map_err(db_err("create the publication"));
+        return match created {
+            Ok(()) => Ok(Step::made(format!("publication {publication} created"))),
+            Err(e) => Step::skip_denied(
+                e,
+                format!("publication {publication}"),
+                vec![plan::create_publication_sql(cfg)],
+            ),
+        };
     };
     let problems = publication_problems(client, publication, relids).await?;
     let mut want = current.to_vec();
@@ -460,16 +478,16 @@ async fn publication(
         )));
     }
     // SET TABLE also drops row filters and column lists.
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {name} SET TABLE {tables};
-             ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')"
-        ))
+    let altered = client
+        .batch_execute(&plan::alter_publication_sql(cfg, &tables).join("\n"))
         .await
-        .map_err(db_err("change the publication's tables"))?;
-    Ok(Step::made(format!(
-        "publication {publication} set to the mapped tables, every operation, no filters"
-    )))
+        .map_err(db_err("change the publication's tables"));
+    let what =
+        format!("publication {publication} set to the mapped tables, every operation, no filters");
+    match altered {
+        Ok(()) => Ok(Step::made(what)),
+        Err(e) => Step::skip_denied(e, what, plan::alter_publication_sql(cfg, &tables)),
+    }
 }
 
 async fn replica_identity_full(
@@ -490,33 +508,13 @@ async fn replica_identity_full(
     if ident as u8 == b'f' {
         return Ok(Step::found(what));
     }
-    client
-        .batch_execute(&format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL"))
+    let sql = format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL;");
+    match client
+        .batch_execute(&sql)
         .await
-        .map_err(db_err("set REPLICA IDENTITY FULL"))?;
-    Ok(Step::made(what))
-}
-
-async fn slot(client: &Client, slot: &str) -> Result<Step, SetupError> {
-    match slot_plugin(client, slot).await? {
-        Some(p) if p == "pgoutput" => {
-            Ok(Step::found(format!("replication slot {slot} (pgoutput)")))
-        }
-        Some(plugin) => Err(SetupError::SlotPlugin {
-            slot: slot.to_string(),
-            plugin,
-        }),
-        None => {
-            client
-                .execute(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
-                .await
-                .map_err(db_err("create the replication slot"))?;
-            Ok(Step::made(format!(
-                "replication slot {slot} created (pgoutput)"
-            )))
-        }
+        .map_err(db_err("set REPLICA IDENTITY FULL"))
+    {
+        Ok(()) => Ok(Step::made(what)),
+        Err(e) => Step::skip_denied(e, what, vec![sql]),
     }
 }

@@ -45,6 +45,13 @@ fn source_names() {
 }
 
 #[test]
+fn failover_slot() {
+    assert!(!parse_ok(&minimal("", "")).source.failover);
+    assert!(parse_ok(&minimal("failover = true", "")).source.failover);
+    assert_err(&minimal("failover = \"yes\"", ""), &["`source.failover`"]);
+}
+
+#[test]
 fn ledger_url() {
     let same = parse_ok(&minimal("", &format!("[ledger]\nurl = \"{DB_URL}\"\n")));
     assert!(same.ledger.url.is_none());

@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod error;
 mod host;
+mod standby;
 
 pub use self::error::EmbeddedError;
 use self::error::io_err;
@@ -120,7 +121,21 @@ impl TempCluster {
 
     /// Starts a cluster, appending `opts`' extra configuration lines.
     pub fn start_with(opts: ClusterOptions) -> Result<Self, EmbeddedError> {
-        let bin_dir = find_bin_dir()?;
+        Self::start_on(find_bin_dir()?, opts)
+    }
+
+    /// Starts a cluster with the server programs of `bin_dir` (a test that
+    /// needs a given major version), whatever `WALHOOK_PG_BIN` says.
+    pub fn start_on(bin_dir: PathBuf, opts: ClusterOptions) -> Result<Self, EmbeddedError> {
+        let mut cluster = Self::empty(bin_dir)?;
+        cluster.initdb(&opts)?;
+        cluster.start_on_free_port(&opts.extra_conf)?;
+        Ok(cluster)
+    }
+
+    /// A cluster with its directories and watchdog but no data directory
+    /// yet; from here on, Drop cleans up whatever was created.
+    fn empty(bin_dir: PathBuf) -> Result<Self, EmbeddedError> {
         let run_as = if effective_uid()? == 0 {
             Some(unprivileged_user()?)
         } else {
@@ -138,17 +153,21 @@ impl TempCluster {
             watchdog: None,
             finished: false,
         };
-        // From here on, Drop cleans up whatever was created.
         cluster.prepare_dirs()?;
         cluster.spawn_watchdog()?;
-        cluster.initdb(&opts)?;
+        Ok(cluster)
+    }
+
+    /// Writes `walhook.conf` for a free port and starts the server, with a
+    /// fresh port when another process took the first one meanwhile.
+    fn start_on_free_port(&mut self, extra_conf: &[String]) -> Result<(), EmbeddedError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            cluster.port = free_port()?;
-            cluster.write_conf(&opts.extra_conf)?;
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            self.write_conf(extra_conf)?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 Err(EmbeddedError::Start { ref log_tail, .. })
                     if attempt < PORT_ATTEMPTS && is_bind_failure(log_tail) => {}
                 Err(e) => return Err(e),
