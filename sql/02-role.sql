@@ -15,6 +15,15 @@ BEGIN
   LOOP
     EXECUTE format('ALTER TABLE walhook.%I OWNER TO walhook', t.relname);
   END LOOP;
+  -- Sequences of no table's column (a table's own follow it).
+  FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'walhook' AND c.relkind = 'S'
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                             WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                               AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('ALTER SEQUENCE walhook.%I OWNER TO walhook', t.relname);
+  END LOOP;
 END $$;
 -- (Or, to keep the ledger the DBA's, grants instead of ownership; ledger
 -- upgrades then need the DBA:
