@@ -76,6 +76,22 @@ struct Chunk {
     only: Option<String>,
 }
 
+impl Chunk {
+    /// Chunk `n` of `job`, before its low watermark.
+    fn new(job: &Backfill, n: u64, relid: u32) -> Chunk {
+        Chunk {
+            job: job.id,
+            n,
+            relid,
+            events: Vec::new(),
+            seen: None,
+            handed_at: None,
+            handed: false,
+            only: job.endpoint.clone(),
+        }
+    }
+}
+
 impl Window {
     /// A watermark arrived in the stream. At the high one, the chunk's rows
     /// not changed meanwhile are returned (with `only`, the endpoint they
@@ -250,16 +266,7 @@ impl Runner {
             }
             // The chunk exists before its low watermark is written, so the
             // stream cannot pass the watermark without opening its window.
-            self.window.set(Some(Chunk {
-                job: job.id,
-                n,
-                relid: table.relid,
-                events: Vec::new(),
-                seen: None,
-                handed_at: None,
-                handed: false,
-                only: job.endpoint.clone(),
-            }));
+            self.window.set(Some(Chunk::new(job, n, table.relid)));
             emit(
                 db,
                 Watermark {

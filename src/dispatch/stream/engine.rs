@@ -19,7 +19,7 @@ use super::refresh::{self, Ask, Seen};
 use super::txns::Txns;
 use super::writer::{self, DeliveredItem, HistoryJob, SpillDone, SpillItem, SpillJob};
 use super::{Ev, StreamDeps, StreamError};
-use crate::config::{EndpointConfig, KeepBodies, Ordering};
+use crate::config::{Config, EndpointConfig, KeepBodies, Ordering};
 use crate::dispatch::http::AttemptRecord;
 use crate::dispatch::outcome::BatchOutcomes;
 use crate::dispatch::runtime::RuntimeWatch;
@@ -226,25 +226,7 @@ impl Engine {
         resolved: watch::Sender<Lsn>,
     ) -> Result<Engine, StreamError> {
         let cfg = deps.cfg.clone();
-        let n = cfg.endpoints.len().max(1);
-        let mut eps: Vec<Ep> = cfg
-            .endpoints
-            .iter()
-            .map(|e| Ep {
-                cfg: e.clone(),
-                id: e.id.as_str().into(),
-                limit: (cfg.delivery.max_in_flight / n).max(1),
-                in_flight: 0,
-                ready: VecDeque::new(),
-                parked: e.ledger_only().then_some(LEDGER_ONLY),
-                ledger_only: e.ledger_only(),
-                trouble: 0,
-                spilling: 0,
-                spilled_at: Instant::now(),
-                runtime: false,
-                removed: false,
-            })
-            .collect();
+        let mut eps = config_eps(&cfg);
         let ids: Vec<String> = cfg.endpoints.iter().map(|e| e.id.clone()).collect();
         ledger.register_endpoints(&dbs.spill, &ids).await?;
         let order = initial_order(&ledger, &dbs.refresh, &mut eps).await?;
@@ -631,4 +613,27 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The config's endpoints, each with its fair share of
+/// `[delivery] max_in_flight`.
+fn config_eps(cfg: &Config) -> Vec<Ep> {
+    let n = cfg.endpoints.len().max(1);
+    cfg.endpoints
+        .iter()
+        .map(|e| Ep {
+            cfg: e.clone(),
+            id: e.id.as_str().into(),
+            limit: (cfg.delivery.max_in_flight / n).max(1),
+            in_flight: 0,
+            ready: VecDeque::new(),
+            parked: e.ledger_only().then_some(LEDGER_ONLY),
+            ledger_only: e.ledger_only(),
+            trouble: 0,
+            spilling: 0,
+            spilled_at: Instant::now(),
+            runtime: false,
+            removed: false,
+        })
+        .collect()
 }
