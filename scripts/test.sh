@@ -3,8 +3,9 @@
 # packages (scripts/install-deps.sh) and the other PostgreSQL versions
 # (scripts/install-pg.sh, listed in scripts/pg-versions), runs every unit and
 # integration test on the distribution's PostgreSQL 15, then the suites that
-# talk to the server (capture, dispatch, crash, setup, fast path, TLS, least
-# privilege, failover) on each other version. The failover suite promotes a
+# talk to the server (capture, dispatch, crash, setup, fast path, custom
+# events, schema drift, backfill, TLS, least privilege, failover) on each
+# other version. The failover suite promotes a
 # standby on 17 and later (on 14 and 16 it checks the clear refusal, and runs
 # the promotion on the newest installed build).
 #
@@ -28,7 +29,7 @@ if [ $# -gt 0 ]; then
 fi
 
 # The same suites on every other supported version.
-suites=(capture:: dispatch:: crash:: setup_errors:: fast_path:: custom_events:: tls:: privilege:: failover::)
+suites=(capture:: dispatch:: crash:: setup_errors:: fast_path:: custom_events:: drift:: backfill:: tls:: privilege:: failover::)
 for bin in $(scripts/install-pg.sh); do
   version=$("$bin/postgres" --version | awk '{print $3}')
   echo "== PostgreSQL $version: ${suites[*]}"
