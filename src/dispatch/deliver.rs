@@ -135,6 +135,14 @@ impl<'a> Dispatcher<'a> {
         };
         let result = d.run_loop(&wake, shutdown).await;
         drop(listener);
+        if result.is_err() {
+            // Their attempts are gone with this session: stop renewing the
+            // leases, so the deliveries are claimed (and sent) again once
+            // they run out instead of staying leased for good.
+            for id in d.held.drain() {
+                d.leases.release(id);
+            }
+        }
         result
     }
 

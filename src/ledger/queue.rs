@@ -285,8 +285,9 @@ impl Ledger {
         Ok(client
             .execute(
                 &format!(
-                    "UPDATE {s}.deliveries SET lease_until = now() + make_interval(secs => $3)
-                     WHERE id = ANY($1) AND lease_owner = $2"
+                    "UPDATE {s}.deliveries d SET lease_until = now() + make_interval(secs => $3)
+                       FROM ({locked}) l WHERE d.id = l.id",
+                    locked = locked_in_order(&s, "$1", "$2")
                 ),
                 &[&ids, &owner, &lease.as_secs_f64()],
             )
@@ -307,8 +308,9 @@ impl Ledger {
         client
             .execute(
                 &format!(
-                    "UPDATE {s}.deliveries SET lease_owner = NULL, lease_until = NULL
-                     WHERE id = ANY($1) AND lease_owner = $2"
+                    "UPDATE {s}.deliveries d SET lease_owner = NULL, lease_until = NULL
+                       FROM ({locked}) l WHERE d.id = l.id",
+                    locked = locked_in_order(&s, "$1", "$2")
                 ),
                 &[&ids, &owner],
             )
@@ -567,6 +569,8 @@ fn record_sql(s: &str) -> String {
                                 $9::text[], $10::text[], $12::text[], $13::text[])
              AS r(id, status, next_at, code, err, started, dur, kind, excerpt, headers,
                   location, retry_after)
+         ), locked AS MATERIALIZED (
+           {locked}
          ), upd AS (
            UPDATE {s}.deliveries d
               SET status = r.status,
@@ -576,8 +580,8 @@ fn record_sql(s: &str) -> String {
                   lease_owner = NULL, lease_until = NULL,
                   last_status_code = r.code, last_error = r.err,
                   updated_at = now()
-             FROM r
-            WHERE d.id = r.id AND d.lease_owner = $11
+             FROM r JOIN locked USING (id)
+            WHERE d.id = r.id
            RETURNING d.id
          ), ins AS (
            INSERT INTO {s}.attempts
@@ -588,6 +592,19 @@ fn record_sql(s: &str) -> String {
            FROM r JOIN upd USING (id)
            RETURNING 1
          )
-         SELECT count(*) FROM ins"
+         SELECT count(*) FROM ins",
+        locked = locked_in_order(s, "$1", "$11")
+    )
+}
+
+/// The deliveries among ids `ids` leased by `owner`, locked in id order.
+/// Every statement that updates several leased deliveries locks them so:
+/// two of them (a lease renewal and a record, say) then never wait for
+/// each other in a circle, which Postgres would end as a deadlock.
+fn locked_in_order(s: &str, ids: &str, owner: &str) -> String {
+    format!(
+        "SELECT id FROM {s}.deliveries
+          WHERE id = ANY({ids}) AND lease_owner = {owner}
+          ORDER BY id FOR UPDATE"
     )
 }

@@ -756,3 +756,95 @@ async fn ordering_none_sends_a_records_events_in_parallel() {
     wait_status(&client, "crm", "succeeded", 5, Duration::from_secs(10)).await;
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_session_lost_mid_attempt_gives_its_leases_up() {
+    // The first five requests are answered after 2 s; by then the
+    // dispatcher's connection is gone, so their results cannot be recorded.
+    // The deliveries must be claimed and sent again once their leases run
+    // out, not stay leased (and renewed) for as long as the process lives.
+    let recv = Receiver::start(Behaviour::script(|_, n| {
+        if n < 5 {
+            Reply::Hang(Duration::from_secs(2))
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let db = fresh_db("lost_session").await;
+    db.psql(LEADS).await;
+    let text = app::config_text(
+        &db,
+        LEADS_OBJECTS,
+        &format!(
+            "{}\n[delivery]\nlease = \"3s\"\n[admin]\nlisten = \"\"\n",
+            endpoint("crm", recv.url(), "timeout = \"2500ms\"").replace("timeout = \"1s\"\n", "")
+        ),
+    );
+    let cfg = app::parse(&text);
+    app::setup(&cfg).await;
+    let client = db.connect().await;
+    // Captured without dispatch: every delivery waits in the ledger.
+    let capture = InProcess::capture_only(cfg.clone());
+    for i in 0..5 {
+        client
+            .execute(
+                "INSERT INTO leads (id, name, score) VALUES ($1, 'n', 0)",
+                &[&format!("l{i}")],
+            )
+            .await
+            .unwrap();
+    }
+    let count = |status: &'static str| {
+        let db = db.clone();
+        async move {
+            let c = db.connect().await;
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM walhook.deliveries WHERE status = $1",
+                    &[&status],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "five deliveries in the ledger",
+        || async { (count("pending").await == 5).then_some(()) },
+    )
+    .await;
+    capture.stop().await;
+    let dispatch = InProcess::start(
+        cfg,
+        walhook::Roles {
+            capture: false,
+            dispatch: true,
+            admin: false,
+        },
+    );
+    recv.wait_for_requests(5, Duration::from_secs(20)).await;
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE application_name = 'walhook dispatch' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the dispatcher's session was found");
+    wait_until(
+        Duration::from_secs(30),
+        "every delivery recorded as succeeded",
+        || async { (count("succeeded").await == 5).then_some(()) },
+    )
+    .await;
+    assert!(
+        recv.requests().len() >= 10,
+        "each was sent again after its lease ran out"
+    );
+    dispatch.stop().await;
+}
