@@ -424,6 +424,11 @@ async fn large_transaction_is_written_in_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_stream_loses_nothing() {
+    // Shown with the test's output when it fails: what capture went through.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,tokio_postgres=warn")
+        .with_test_writer()
+        .try_init();
     // A cluster of its own: restarting the shared one would disturb other tests.
     let cluster = common::private_cluster(ClusterOptions::new()).await;
     let db = common::fresh_db_on(&cluster, "restart").await;
@@ -449,7 +454,15 @@ async fn postgres_restart_mid_stream_loses_nothing() {
             .await
             .unwrap();
     }
-    let ev = app::wait_events(&client, 400).await;
+    // Reconnecting may take several backoff rounds while a loaded machine
+    // restarts the server: wait longer than wait_events does.
+    common::wait_until(
+        Duration::from_secs(90),
+        "400 events in the ledger",
+        || async { (app::event_count(&client).await >= 400).then_some(()) },
+    )
+    .await;
+    let ev = app::events(&client).await;
     let keys: std::collections::BTreeSet<&str> = ev.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(keys.len(), 400, "every insert once");
     assert_eq!(ev.len(), 400, "none twice");
