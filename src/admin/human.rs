@@ -52,6 +52,11 @@ pub fn human_bytes(n: i64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// The URL's `scheme://host[:port]`, which never holds a credential.
+pub fn url_origin(url: &url::Url) -> String {
+    url.origin().ascii_serialization()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //! ledger's own ([`crate::ledger::history`]), re-exported here: they already
 //! are what is shown, so a copy would only add a mapping to keep in step.
 
+pub use super::human::url_origin;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -228,11 +229,6 @@ pub fn parse_time(what: &'static str, s: &str, now: SystemTime) -> Result<System
             "`{s}` is neither a duration (`90m`, `2d`), an RFC 3339 time (`2025-02-21T08:00:00Z`) nor a date (`2025-02-21`)"
         ),
     })
-}
-
-/// The URL's `scheme://host[:port]`, which never holds a credential.
-pub fn url_origin(url: &url::Url) -> String {
-    url.origin().ascii_serialization()
 }
 
 fn scheme_name(s: SigningScheme) -> &'static str {

@@ -14,7 +14,7 @@ use rand::RngCore;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::reports::url_origin;
+use super::human::url_origin;
 use crate::config::{self, Config, EndpointConfig, SigningScheme};
 use crate::ledger::endpoints::{NewRuntime, RuntimeChange, RuntimeRow};
 use crate::ledger::{Ledger, LedgerError};

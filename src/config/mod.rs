@@ -21,12 +21,13 @@ use std::path::Path;
 pub use self::duration::duration_from_str;
 pub use self::keys::{EndpointSecrets, SigningKey, WhsecError, decode_whsec};
 pub use self::parse::check_event_filters;
+pub use self::parse::valid_endpoint_id;
 pub use self::types::{
     AdminConfig, DEFAULT_SECRETS_KEY_ENV, DeliveryConfig, EndpointConfig, ExtraHeader,
     HeaderPrefix, KeepBodies, LedgerConfig, ObjectConfig, Ordering, ReplicaIdentity, RetryConfig,
     SigningScheme, SourceConfig,
 };
-pub use self::validate::{endpoint_url, valid_endpoint_id};
+pub use self::validate::endpoint_url;
 pub use crate::secret::Secret;
 
 /// The whole, validated configuration.

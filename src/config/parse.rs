@@ -489,7 +489,7 @@ fn watched_columns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 
 fn endpoint_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked(d, |id: String| {
-        if super::validate::valid_endpoint_id(&id) {
+        if valid_endpoint_id(&id) {
             Ok(id)
         } else {
             Err(format!(
@@ -552,4 +552,11 @@ fn signing_schemes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SigningScheme>
         }
         Ok(schemes)
     })
+}
+
+/// Whether `id` is a valid endpoint id: a-z or 0-9, then a-z, 0-9, `_` or `-`.
+pub fn valid_endpoint_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -507,13 +507,6 @@ pub fn endpoint_url(text: &str, allow_insecure_http: bool) -> Result<url::Url, S
     Ok(url)
 }
 
-/// Whether `id` is a valid endpoint id: a-z or 0-9, then a-z, 0-9, `_` or `-`.
-pub fn valid_endpoint_id(id: &str) -> bool {
-    let mut bytes = id.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// Why a header name is not one an endpoint may set, if it is not.
 fn reserved_header(name: &str, prefix: &HeaderPrefix) -> Option<&'static str> {
     const FRAMING: [&str; 12] = [

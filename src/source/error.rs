@@ -37,7 +37,7 @@ pub enum CaptureError {
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error(transparent)]
-    NoPrimary(#[from] super::primary::NoPrimary),
+    NoPrimary(#[from] NoPrimary),
 }
 
 impl From<tokio_postgres::Error> for CaptureError {
@@ -97,4 +97,15 @@ mod tests {
             None
         );
     }
+}
+
+/// Why no host of `source.url` could take the replication session.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no host of source.url is a primary that accepts the replication connection ({}); walhook keeps trying",
+    .tried.join("; ")
+)]
+pub struct NoPrimary {
+    /// `host:port: why` for each host, in order.
+    pub tried: Vec<String>,
 }

@@ -11,18 +11,7 @@ use std::time::Duration;
 
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig};
 
-use super::error::CaptureError;
-
-/// Why no host of `source.url` could take the replication session.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no host of source.url is a primary that accepts the replication connection ({}); walhook keeps trying",
-    .tried.join("; ")
-)]
-pub struct NoPrimary {
-    /// `host:port: why` for each host, in order.
-    pub tried: Vec<String>,
-}
+use super::error::{CaptureError, NoPrimary};
 
 /// A replication session that has not started streaming, on host `at`.
 pub struct Probe {
