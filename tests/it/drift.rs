@@ -108,7 +108,17 @@ async fn run_refuses_a_publication_walhook_did_not_ask_for_and_setup_repairs_it(
             "does not publish UPDATEs",
         ),
     ];
+    let version: i32 = d
+        .client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
     for (drift, says) in cases {
+        // Row filters and column lists came with PostgreSQL 15.
+        if version < 150_000 && (drift.contains("WHERE") || drift.contains("(id, name)")) {
+            continue;
+        }
         d.exec(drift).await;
         let (ok, check) = d.cli_json(&["check"]);
         assert!(!ok, "{drift}: check fails");
