@@ -18,18 +18,8 @@ pub enum DeliveriesCommand {
         /// pending, retrying, held (pending or retrying for a disabled endpoint), succeeded or disabled.
         #[arg(long)]
         status: Option<String>,
-        /// An event name (`lead.create`), a filter (`lead.*`, `*.delete`) or an event id.
-        #[arg(long)]
-        event: Option<String>,
-        /// An endpoint id.
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// Created since: a duration back from now (`90m`, `2d`), an RFC 3339 time or a date.
-        #[arg(long)]
-        since: Option<String>,
-        /// Created before: the same forms as --since.
-        #[arg(long)]
-        until: Option<String>,
+        #[command(flatten)]
+        select: Selection,
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = reports::DEFAULT_LIMIT)]
         limit: i64,
@@ -65,18 +55,9 @@ pub enum DeliveriesCommand {
     },
 }
 
-/// The flags of `deliveries retry`.
+/// Which deliveries: the flags `list` and `retry` share.
 #[derive(Args, Debug)]
-pub struct RetryArgs {
-    /// The delivery id.
-    #[arg(conflicts_with_all = ["all_failed", "status", "event", "endpoint", "since", "until", "dry_run"])]
-    id: Option<i64>,
-    /// Every retrying and disabled delivery (the flags below narrow it).
-    #[arg(long)]
-    all_failed: bool,
-    /// retrying or disabled (default: both).
-    #[arg(long)]
-    status: Option<String>,
+pub struct Selection {
     /// An event name (`lead.create`), a filter (`lead.*`, `*.delete`) or an event id.
     #[arg(long)]
     event: Option<String>,
@@ -89,6 +70,22 @@ pub struct RetryArgs {
     /// Created before: the same forms as --since.
     #[arg(long)]
     until: Option<String>,
+}
+
+/// The flags of `deliveries retry`.
+#[derive(Args, Debug)]
+pub struct RetryArgs {
+    /// The delivery id.
+    #[arg(conflicts_with_all = ["all_failed", "status", "event", "endpoint", "since", "until", "dry_run"])]
+    id: Option<i64>,
+    /// Every retrying and disabled delivery (the flags below narrow it).
+    #[arg(long)]
+    all_failed: bool,
+    /// retrying or disabled (default: both).
+    #[arg(long)]
+    status: Option<String>,
+    #[command(flatten)]
+    select: Selection,
     /// Count what would be re-queued; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -102,10 +99,7 @@ pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
     match command {
         DeliveriesCommand::List {
             status,
-            event,
-            endpoint,
-            since,
-            until,
+            select,
             limit,
             json,
         } => {
@@ -117,10 +111,10 @@ pub async fn run(cfg: &Config, command: DeliveriesCommand) -> Result<ExitCode> {
             };
             let filter = reports::DeliveryFilter {
                 status: status.as_deref().map(str::parse).transpose()?,
-                event,
-                endpoint,
-                since: time("since", since)?,
-                until: time("until", until)?,
+                event: select.event,
+                endpoint: select.endpoint,
+                since: time("since", select.since)?,
+                until: time("until", select.until)?,
                 before: None,
                 limit: Some(limit),
             };
@@ -152,11 +146,12 @@ async fn retry_deliveries(
     cfg: &Config,
     a: RetryArgs,
 ) -> Result<()> {
+    let sel = a.select;
     let filtered = a.status.is_some()
-        || a.event.is_some()
-        || a.endpoint.is_some()
-        || a.since.is_some()
-        || a.until.is_some();
+        || sel.event.is_some()
+        || sel.endpoint.is_some()
+        || sel.since.is_some()
+        || sel.until.is_some();
     if let Some(id) = a.id {
         let client = admin_connect(cfg).await?;
         let out = reports.retry(&client, id).await?;
@@ -175,10 +170,10 @@ async fn retry_deliveries(
     }
     let req = RetryRequest {
         status: a.status,
-        event: a.event,
-        endpoint: a.endpoint,
-        since: a.since,
-        until: a.until,
+        event: sel.event,
+        endpoint: sel.endpoint,
+        since: sel.since,
+        until: sel.until,
         dry_run: a.dry_run,
     };
     let client = admin_connect(cfg).await?;

@@ -266,11 +266,7 @@ impl Ledger {
                 ],
             )
             .await?;
-        if n == 1 {
-            notify(&tx, self.schema()).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        commit_changed(tx, self.schema(), n == 1).await
     }
 
     /// A new sealed secret for `id`; the current one keeps signing for
@@ -300,11 +296,7 @@ impl Ledger {
                 &[&id, &sealed_secret, &keep_ms],
             )
             .await?;
-        if n == 1 {
-            notify(&tx, self.schema()).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        commit_changed(tx, self.schema(), n == 1).await
     }
 
     /// Removes runtime endpoint `id`. Its open deliveries are disabled with
@@ -392,6 +384,20 @@ async fn notify(tx: &tokio_postgres::Transaction<'_>, schema: &str) -> Result<()
     tx.execute("SELECT pg_notify($1, '')", &[&endpoints_channel(schema)])
         .await?;
     Ok(())
+}
+
+/// Commits `tx`; when it `changed` an endpoint, every process is told first
+/// (the notification is sent at commit). Returns `changed`.
+async fn commit_changed(
+    tx: tokio_postgres::Transaction<'_>,
+    schema: &str,
+    changed: bool,
+) -> Result<bool, LedgerError> {
+    if changed {
+        notify(&tx, schema).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -8,22 +8,9 @@ use std::time::Duration;
 
 use walhook::ledger::Ledger;
 
+use crate::common::admin::FAST_RETRY;
 use crate::common::app::{self, InProcess, LEADS, LEADS_OBJECTS};
 use crate::common::{Behaviour, Receiver, fresh_db, wait_until};
-
-/// Retries fast and gives up after 2 s (the three-day rule in seconds).
-const FAST_RETRY: &str = r#"
-[delivery]
-lease = "10s"
-
-[delivery.retry]
-initial = "100ms"
-multiplier = 2.0
-max_interval = "300ms"
-backoff_window = "1s"
-then_every = "500ms"
-disable_after = "2s"
-"#;
 
 fn endpoint(id: &str, url: &str, events: &str) -> String {
     format!(

@@ -25,7 +25,7 @@ pub const SECRETS: [&str; 4] = [ENDPOINT_SECRET, ADMIN_TOKEN, DB_PASSWORD, URL_K
 pub const BAD_BODY: &str = "<img src=x onerror=alert(1)><b>nope</b>";
 
 /// Retries fast, then gives up after 2 s (the three-day rule in seconds).
-const FAST_RETRY: &str = r#"
+pub const FAST_RETRY: &str = r#"
 [delivery]
 lease = "10s"
 
